@@ -1,0 +1,181 @@
+"""Device and precision selection shared by every engine.
+
+The rules are pure functions of the GPU's compute capability so they can be unit-tested
+for hardware this machine does not have (SPEC §4):
+
+* bfloat16 needs compute capability >= 8.0. On Pascal (sm_61) bf16 matmuls fail at the
+  first GEMM even though ``torch.cuda.is_bf16_supported()`` says True (emulation), so the
+  capability, not that call, decides.
+* FP16 halves weight memory and runs on any CUDA GPU PyTorch still supports (>= 6.0).
+* CTranslate2 refuses float16 below 7.0; int8 is the compact choice there and on the CPU.
+* On the CPU, half precision is slow or unsupported: FP32 (or int8 for CTranslate2).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+from dataclasses import dataclass
+from enum import StrEnum
+from functools import lru_cache
+
+_LOGGER = logging.getLogger(__name__)
+
+
+class Precision(StrEnum):
+    """Floating-point precision of model weights."""
+
+    FP32 = "float32"
+    FP16 = "float16"
+    BF16 = "bfloat16"
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    """What precision and memory decisions need to know about one GPU."""
+
+    name: str
+    capability: tuple[int, int]
+    total_bytes: int
+    free_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class PrecisionChoice:
+    """A decision and the reason for it, which is logged once at start-up."""
+
+    precision: Precision
+    reason: str
+
+
+def choose_precision(
+    wanted: Precision, device: str, gpu: GpuInfo | None, *, fallback: Precision | None = None
+) -> PrecisionChoice:
+    """Pick the precision to load weights in.
+
+    ``wanted`` is what the user or engine prefers; ``fallback`` is what to use when
+    bfloat16 is wanted but the GPU lacks it (FP16 for most models; engines that are
+    unstable in FP16 can pass FP32).
+    """
+    if not device.startswith("cuda") or gpu is None:
+        if wanted is Precision.FP32:
+            return PrecisionChoice(Precision.FP32, "FP32 requested")
+        return PrecisionChoice(
+            Precision.FP32, f"{wanted.name} is not used on the CPU (slow or unsupported): FP32"
+        )
+    major, minor = gpu.capability
+    cc = f"sm_{major}{minor}"
+    if wanted is Precision.FP32:
+        return PrecisionChoice(Precision.FP32, "FP32 requested")
+    if wanted is Precision.BF16:
+        if major >= 8:
+            return PrecisionChoice(Precision.BF16, f"{gpu.name} ({cc}) supports bfloat16")
+        if fallback is None:
+            fallback = Precision.FP16 if major >= 7 else Precision.FP32
+        if fallback is Precision.FP16 and major < 6:
+            fallback = Precision.FP32
+        return PrecisionChoice(
+            fallback, f"{gpu.name} ({cc}) has no native bfloat16 (needs sm_80+): {fallback.name}"
+        )
+    if major >= 6:
+        return PrecisionChoice(Precision.FP16, f"FP16 requested; {gpu.name} ({cc}) supports it")
+    return PrecisionChoice(Precision.FP32, f"{gpu.name} ({cc}) is too old for FP16: FP32")
+
+
+_CT2_TYPES = (
+    "default",
+    "auto",
+    "int8",
+    "int8_float32",
+    "int8_float16",
+    "int8_bfloat16",
+    "int16",
+    "float16",
+    "bfloat16",
+    "float32",
+)
+
+
+def choose_ct2_compute_type(requested: str, device: str, gpu: GpuInfo | None) -> str:
+    """CTranslate2 compute type: an explicit request wins, else by device capability."""
+    requested = requested.strip().lower()
+    if requested not in _CT2_TYPES:
+        raise ValueError(f"unknown compute type {requested!r}; expected one of {_CT2_TYPES}")
+    if requested not in ("auto", "default"):
+        return requested
+    if not device.startswith("cuda") or gpu is None:
+        return "int8"
+    if gpu.capability >= (7, 0):
+        return "float16"
+    if gpu.capability >= (6, 1):
+        return "int8"
+    return "float32"
+
+
+def resolve_device(requested: str) -> str:
+    """Turn ``auto`` into ``cuda`` when a usable GPU exists, else ``cpu``."""
+    if requested != "auto":
+        return requested
+    return "cuda" if gpu_info("cuda") is not None else "cpu"
+
+
+def _cuda_index(device: str) -> int:
+    return int(device.split(":", 1)[1]) if ":" in device else 0
+
+
+@lru_cache(maxsize=8)
+def gpu_info(device: str) -> GpuInfo | None:
+    """Describe the GPU behind ``device`` (torch if installed, else nvidia-smi)."""
+    if not device.startswith("cuda"):
+        return None
+    index = _cuda_index(device)
+    try:
+        import torch
+
+        if torch.cuda.is_available() and index < torch.cuda.device_count():
+            props = torch.cuda.get_device_properties(index)
+            free, total = torch.cuda.mem_get_info(index)
+            return GpuInfo(props.name, (props.major, props.minor), total, free)
+        return None
+    except ImportError:
+        pass
+    return _nvidia_smi_info(index)
+
+
+def _nvidia_smi_info(index: int) -> GpuInfo | None:
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return None
+    try:
+        out = subprocess.run(
+            [
+                smi,
+                f"--id={index}",
+                "--query-gpu=name,compute_cap,memory.total,memory.free",
+                "--format=csv,noheader,nounits",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
+        name, cap, total, free = (part.strip() for part in out.strip().split(","))
+        major, minor = (int(part) for part in cap.split("."))
+        mib = 1024 * 1024
+        return GpuInfo(name, (major, minor), int(total) * mib, int(free) * mib)
+    except (OSError, ValueError, subprocess.SubprocessError) as err:
+        _LOGGER.debug("nvidia-smi gave no GPU information: %s", err)
+        return None
+
+
+def default_asr_batch_size(gpu: GpuInfo | None) -> int:
+    """SPEC §2: 4 on a 4 GB card, up to 16 on 24 GB; the CPU gains nothing past 4."""
+    if gpu is None:
+        return 4
+    gib = gpu.total_bytes / 1024**3
+    if gib < 6:
+        return 4
+    if gib < 12:
+        return 8
+    return 16

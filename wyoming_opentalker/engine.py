@@ -1,0 +1,176 @@
+"""The engine interfaces both servers program against, and the worker that runs them.
+
+A backend is one file implementing ``AsrEngine`` or ``TtsEngine``; the Wyoming servers
+never see a model library directly. Inference always runs on an ``InferenceWorker``
+thread, never on the event loop, so ``describe`` is answered at once while a long
+request is being decoded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import ParamSpec, TypeVar
+
+import numpy as np
+
+_LOGGER = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class EngineError(RuntimeError):
+    """A request the engine cannot serve; the message is sent to the client."""
+
+    def __init__(self, text: str, code: str = "engine-error") -> None:
+        super().__init__(text)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """What an engine reports about itself: logged at start-up, shown in ``info``."""
+
+    engine: str
+    model: str
+    model_path: str
+    device: str
+    precision: str
+    weights_bytes: int
+    version: str | None = None
+    description: str | None = None
+    attribution: tuple[str, str] = ("", "")
+
+    def summary(self) -> str:
+        mib = self.weights_bytes / 1024 / 1024
+        return (
+            f"{self.engine}: model {self.model} on {self.device} ({self.precision}), "
+            f"weights {mib:.0f} MiB"
+        )
+
+
+def normalize_language(code: str | None) -> str | None:
+    """``en-US``/``en_US``/``EN`` -> ``en``; ``auto``/empty -> ``None`` (detect)."""
+    if code is None:
+        return None
+    code = code.strip().replace("_", "-")
+    if not code or code.lower() == "auto":
+        return None
+    return code.split("-", 1)[0].lower()
+
+
+# --- speech-to-text
+
+
+@dataclass(frozen=True)
+class AsrRequest:
+    """One utterance: mono float32 at the engine's sample rate."""
+
+    audio: np.ndarray
+    language: str | None = None  # a code from AsrEngine.languages, or None to detect
+    hints: tuple[str, ...] = ()  # names and terms that should bias recognition
+
+
+@dataclass(frozen=True)
+class AsrResult:
+    text: str
+    language: str | None = None
+
+
+class AsrEngine(ABC):
+    """Speech-to-text backend. ``transcribe`` may get several requests at once (batching)."""
+
+    sample_rate: int = 16000
+    max_batch_size: int = 1
+
+    @property
+    @abstractmethod
+    def info(self) -> EngineInfo: ...
+
+    @property
+    @abstractmethod
+    def languages(self) -> list[str]:
+        """Language codes the loaded model really recognises."""
+
+    @property
+    def detects_language(self) -> bool:
+        """True if a request without a language is detected rather than assumed."""
+        return len(self.languages) > 1
+
+    @abstractmethod
+    def transcribe(self, requests: Sequence[AsrRequest]) -> list[AsrResult]:
+        """Decode each request; called on the worker thread only."""
+
+
+# --- text-to-speech
+
+
+@dataclass(frozen=True)
+class Voice:
+    """A voice as Wyoming advertises it."""
+
+    name: str
+    languages: tuple[str, ...]
+    speakers: tuple[str, ...] = ()
+    description: str | None = None
+
+
+@dataclass(frozen=True)
+class TtsRequest:
+    text: str
+    voice: str
+    speaker: str | None = None
+    language: str | None = None
+
+
+class TtsEngine(ABC):
+    """Text-to-speech backend: synthesises one chunk of text at a time."""
+
+    @property
+    @abstractmethod
+    def info(self) -> EngineInfo: ...
+
+    @property
+    @abstractmethod
+    def sample_rate(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def voices(self) -> list[Voice]: ...
+
+    @property
+    @abstractmethod
+    def default_voice(self) -> str: ...
+
+    @abstractmethod
+    def synthesize(self, request: TtsRequest) -> Iterator[np.ndarray]:
+        """Yield mono float32 audio for one chunk of text, piece by piece as it is made."""
+
+
+@dataclass
+class InferenceWorker:
+    """One thread per loaded model: requests run one at a time in arrival order.
+
+    The models are not safe to call from several threads at once, and on a small GPU
+    or two CPU cores running requests side by side is slower than running them in turn.
+    """
+
+    name: str
+    _executor: ThreadPoolExecutor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self.name)
+
+    async def run(self, func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run ``func`` on the worker thread; cancelling drops it if not yet started."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(func, *args, **kwargs))
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)

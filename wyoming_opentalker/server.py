@@ -1,0 +1,217 @@
+"""The Wyoming connection layer shared by the ASR and TTS servers.
+
+``wyoming``'s own reader trusts the peer: a header announcing a 4 GB payload makes it
+try to read 4 GB, and a malformed header ends the connection without a word. Here every
+event is read with limits and checked, a bad one gets an ``error`` event with a reason,
+and no exception in one connection can reach another or the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from wyoming.error import Error
+from wyoming.event import Event, async_write_event
+from wyoming.info import Describe
+
+from .engine import EngineError
+
+_LOGGER = logging.getLogger(__name__)
+
+
+class ProtocolError(ValueError):
+    """The peer sent something that is not a valid Wyoming event."""
+
+    def __init__(self, text: str, code: str = "bad-event", *, fatal: bool = True) -> None:
+        super().__init__(text)
+        self.code = code
+        self.fatal = fatal  # the stream cannot be trusted any more: close after the error
+
+
+async def read_event(reader: asyncio.StreamReader, max_bytes: int) -> Event | None:
+    """Read one event, or ``None`` at a clean end of stream. Raises ``ProtocolError``."""
+    try:
+        line = await reader.readuntil(b"\n")
+    except asyncio.IncompleteReadError as err:
+        if err.partial.strip():
+            raise ProtocolError("connection closed in the middle of an event header") from None
+        return None
+    except asyncio.LimitOverrunError:
+        raise ProtocolError(f"event header is longer than {max_bytes} bytes", "too-large") from None
+    if not line.strip():
+        raise ProtocolError("empty event header")
+    try:
+        header = json.loads(line)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ProtocolError("event header is not valid JSON") from None
+    if not isinstance(header, dict) or not isinstance(header.get("type"), str):
+        raise ProtocolError("event header must be a JSON object with a string 'type'")
+
+    data = header.get("data")
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ProtocolError("event 'data' must be a JSON object")
+    data_length = _length(header, "data_length", max_bytes)
+    payload_length = _length(header, "payload_length", max_bytes)
+    try:
+        if data_length:
+            extra = json.loads(await reader.readexactly(data_length))
+            if not isinstance(extra, dict):
+                raise ProtocolError("event data must be a JSON object")
+            data.update(extra)
+        payload = await reader.readexactly(payload_length) if payload_length else None
+    except asyncio.IncompleteReadError:
+        raise ProtocolError("connection closed in the middle of an event") from None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ProtocolError("event data is not valid UTF-8 JSON") from None
+    return Event(type=header["type"], data=data, payload=payload)
+
+
+def _length(header: dict[str, Any], key: str, max_bytes: int) -> int:
+    value = header.get(key)
+    if value is None:
+        return 0
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ProtocolError(f"event '{key}' must be a non-negative integer")
+    if value > max_bytes:
+        raise ProtocolError(
+            f"event {key} {value} is larger than the {max_bytes}-byte limit", "too-large"
+        )
+    return value
+
+
+class Handler(ABC):
+    """One client connection: reads events, answers ``describe``, dispatches the rest."""
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        info_event: Event,
+        max_event_bytes: int,
+    ) -> None:
+        self.reader = reader
+        self.writer = writer
+        self._info_event = info_event
+        self._max_event_bytes = max_event_bytes
+        self.peer = str(writer.get_extra_info("peername") or "local")
+
+    async def run(self) -> None:
+        try:
+            while True:
+                try:
+                    event = await read_event(self.reader, self._max_event_bytes)
+                except ProtocolError as err:
+                    _LOGGER.warning("Bad input from %s: %s", self.peer, err)
+                    await self.send_error(str(err), err.code)
+                    if err.fatal:
+                        break
+                    continue
+                if event is None:
+                    break
+                if Describe.is_type(event.type):
+                    await self.write_event(self._info_event)
+                    continue
+                if not await self._dispatch(event):
+                    break
+        except (ConnectionError, asyncio.IncompleteReadError):
+            _LOGGER.debug("Client %s went away", self.peer)
+        finally:
+            await self.disconnected()
+            self.writer.close()
+            with contextlib.suppress(ConnectionError, OSError):
+                await self.writer.wait_closed()
+
+    async def _dispatch(self, event: Event) -> bool:
+        try:
+            return await self.handle_event(event)
+        except EngineError as err:
+            _LOGGER.warning("Request from %s failed: %s", self.peer, err)
+            await self.send_error(str(err), err.code)
+        except (ConnectionError, asyncio.CancelledError):
+            raise
+        except Exception as err:
+            _LOGGER.exception("Unexpected error handling %s from %s", event.type, self.peer)
+            await self.send_error(f"internal error: {type(err).__name__}: {err}", "internal")
+        return True
+
+    @abstractmethod
+    async def handle_event(self, event: Event) -> bool:
+        """Handle one event; return False to close the connection."""
+
+    async def disconnected(self) -> None:  # noqa: B027 - optional hook
+        """Called once when the connection ends, for whatever reason."""
+
+    async def write_event(self, event: Event) -> None:
+        await async_write_event(event, self.writer)
+
+    async def send_error(self, text: str, code: str) -> None:
+        with contextlib.suppress(ConnectionError, OSError):
+            await self.write_event(Error(text=text, code=code).event())
+
+
+HandlerFactory = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Handler]
+
+
+@dataclass
+class Listener:
+    """A running server socket and its connections."""
+
+    uri: str
+    server: asyncio.Server
+    connections: set[asyncio.Task[None]]
+
+    @property
+    def port(self) -> int | None:
+        for sock in self.server.sockets:
+            addr = sock.getsockname()
+            if isinstance(addr, tuple):
+                return int(addr[1])
+        return None
+
+    async def close(self) -> None:
+        self.server.close()
+        for task in list(self.connections):
+            task.cancel()
+        await asyncio.gather(*self.connections, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self.server.wait_closed()
+
+
+async def listen(uri: str, factory: HandlerFactory, max_event_bytes: int) -> Listener:
+    """Start accepting connections on ``tcp://host:port`` or ``unix://path``."""
+    connections: set[asyncio.Task[None]] = set()
+
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        connections.add(task)
+        try:
+            await factory(reader, writer).run()
+        finally:
+            connections.discard(task)
+
+    parsed = urlparse(uri)
+    limit = max_event_bytes + 1024
+    server: asyncio.Server
+    if parsed.scheme == "unix":
+        path = Path(parsed.path)
+        await asyncio.to_thread(path.unlink, missing_ok=True)
+        server = await asyncio.start_unix_server(on_connect, path=str(path), limit=limit)
+    else:
+        server = await asyncio.start_server(
+            on_connect, host=parsed.hostname, port=parsed.port, limit=limit
+        )
+    listener = Listener(uri, server, connections)
+    _LOGGER.info("Listening on %s", uri)
+    return listener

@@ -1,0 +1,222 @@
+"""Text-to-speech: engine selection, voice resolution and the chunked synthesis pipeline."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from wyoming.event import Event
+from wyoming.info import Attribution, Info, TtsProgram, TtsVoice, TtsVoiceSpeaker
+
+from .. import __version__
+from ..engine import (
+    EngineError,
+    InferenceWorker,
+    TtsEngine,
+    TtsRequest,
+    Voice,
+    normalize_language,
+)
+from ..settings import Settings
+
+_LOGGER = logging.getLogger(__name__)
+
+# Unsent audio allowed to pile up before the next chunk is synthesised. It bounds memory
+# for a long text (or a client that reads slowly) while keeping one chunk of look-ahead.
+MAX_BUFFERED_SECONDS = 20.0
+
+
+def load_tts_engine(settings: Settings, device: str) -> TtsEngine:
+    """Import and load the configured backend (imports stay lazy: extras are optional)."""
+    if settings.tts_engine == "piper":
+        from .piper import PiperEngine
+
+        return PiperEngine(settings, device)
+    raise EngineError(f"unknown TTS engine {settings.tts_engine!r}")
+
+
+@dataclass(frozen=True)
+class VoiceChoice:
+    voice: str
+    speaker: str | None
+    language: str | None
+
+
+class AudioPipe:
+    """Audio pieces from the worker thread to the event loop, with a size gauge.
+
+    The worker puts pieces without blocking (so one slow client never holds the engine);
+    the producer instead waits before starting the next chunk while too much is unsent.
+    """
+
+    _DONE = object()
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._samples = 0
+        self._drained = asyncio.Event()
+
+    def put_threadsafe(self, piece: np.ndarray) -> None:
+        self._loop.call_soon_threadsafe(self._put, piece)
+
+    def _put(self, piece: Any) -> None:
+        if isinstance(piece, np.ndarray):
+            self._samples += piece.size
+        self._queue.put_nowait(piece)
+
+    def close(self, error: BaseException | None = None) -> None:
+        self._put(error if error is not None else self._DONE)
+
+    async def wait_below(self, samples: int) -> None:
+        while self._samples > samples:
+            self._drained.clear()
+            await self._drained.wait()
+
+    async def pieces(self) -> AsyncIterator[np.ndarray]:
+        while True:
+            item = await self._queue.get()
+            if item is self._DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            self._samples -= item.size
+            self._drained.set()
+            yield item
+
+
+@dataclass
+class TtsService:
+    """A loaded engine, its worker thread, and what ``info`` says about it."""
+
+    engine: TtsEngine
+    settings: Settings
+    worker: InferenceWorker = field(default_factory=lambda: InferenceWorker("tts"))
+    chunks_synthesized: int = 0
+
+    def __post_init__(self) -> None:
+        self.info_event: Event = self._build_info().event()
+        self._voices = {voice.name: voice for voice in self.engine.voices}
+
+    def _build_info(self) -> Info:
+        info = self.engine.info
+        author, url = info.attribution
+        voices = [
+            TtsVoice(
+                name=voice.name,
+                attribution=Attribution(name=author, url=url),
+                installed=True,
+                description=voice.description,
+                version=info.version,
+                languages=list(voice.languages),
+                speakers=[TtsVoiceSpeaker(name=s) for s in voice.speakers] or None,
+            )
+            for voice in self._default_first(self.engine.voices)
+        ]
+        program = TtsProgram(
+            name="wyoming-opentalker",
+            attribution=Attribution(
+                name="wyoming-opentalker", url="https://github.com/wyoming-opentalker"
+            ),
+            installed=True,
+            description=f"Text to speech with {info.engine}",
+            version=__version__,
+            voices=voices,
+            supports_synthesize_streaming=True,
+        )
+        return Info(tts=[program])
+
+    def _default_first(self, voices: Iterable[Voice]) -> list[Voice]:
+        """Home Assistant picks the first voice of a language as its default."""
+        return sorted(voices, key=lambda voice: voice.name != self.engine.default_voice)
+
+    def resolve_voice(self, requested: Any) -> VoiceChoice:
+        """Map a request's ``voice`` to an installed voice (``{}``/none -> the default)."""
+        if not isinstance(requested, dict):
+            requested = {}
+        name = requested.get("name")
+        speaker = requested.get("speaker")
+        language = requested.get("language")
+        speaker = speaker if isinstance(speaker, str) and speaker else None
+        language = language if isinstance(language, str) and language else None
+        if isinstance(name, str) and name:
+            voice = self._voices.get(name)
+            if voice is None:
+                raise EngineError(
+                    f"voice {name!r} is not installed; installed voices: {', '.join(self._voices)}",
+                    "unknown-voice",
+                )
+        elif language is not None:
+            voice = self._voice_for_language(language)
+        else:
+            voice = self._voices[self.engine.default_voice]
+        if speaker is not None and voice.speakers and speaker not in voice.speakers:
+            raise EngineError(
+                f"voice {voice.name!r} has no speaker {speaker!r} "
+                f"(speakers: {', '.join(voice.speakers)})",
+                "unknown-speaker",
+            )
+        if not voice.speakers:
+            speaker = None
+        return VoiceChoice(voice.name, speaker, language)
+
+    def _voice_for_language(self, language: str) -> Voice:
+        wanted = language.replace("-", "_").lower()
+        family = normalize_language(language)
+        default = self._voices[self.engine.default_voice]
+        candidates = [default, *self._voices.values()]
+        for match in (
+            lambda code: code.lower() == wanted,
+            lambda code: normalize_language(code) == family,
+        ):
+            for voice in candidates:
+                if any(match(code) for code in voice.languages):
+                    return voice
+        installed = ", ".join(
+            f"{voice.name} ({'/'.join(voice.languages)})" for voice in self._voices.values()
+        )
+        raise EngineError(
+            f"no installed voice speaks {language!r}; installed voices: {installed}",
+            "unsupported-language",
+        )
+
+    async def synthesize(
+        self, texts: AsyncIterator[str], choice: VoiceChoice
+    ) -> AsyncGenerator[np.ndarray, None]:
+        """Audio for a sequence of chunks, pipelined: chunk k+1 is synthesised while
+        chunk k is being sent, and each piece is yielded the moment the engine makes it.
+        """
+        pipe = AudioPipe(asyncio.get_running_loop())
+        producer = asyncio.create_task(self._produce(texts, choice, pipe))
+        try:
+            async for piece in pipe.pieces():
+                yield piece
+            await producer
+        finally:
+            producer.cancel()
+            await asyncio.gather(producer, return_exceptions=True)
+
+    async def _produce(
+        self, texts: AsyncIterator[str], choice: VoiceChoice, pipe: AudioPipe
+    ) -> None:
+        limit = int(MAX_BUFFERED_SECONDS * self.engine.sample_rate)
+        try:
+            async for text in texts:
+                await pipe.wait_below(limit)
+                request = TtsRequest(text, choice.voice, choice.speaker, choice.language)
+                await self.worker.run(self._synthesize_into, request, pipe)
+                self.chunks_synthesized += 1
+        except Exception as err:
+            pipe.close(err)
+        else:
+            pipe.close()
+
+    def _synthesize_into(self, request: TtsRequest, pipe: AudioPipe) -> None:
+        """Runs on the worker thread."""
+        for piece in self.engine.synthesize(request):
+            if piece.size:
+                pipe.put_threadsafe(piece)

@@ -1,0 +1,204 @@
+"""Wyoming TTS connection: plain ``synthesize`` and streaming ``synthesize-start/-chunk/-stop``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import numpy as np
+from wyoming.audio import AudioChunk, AudioStart, AudioStop
+from wyoming.event import Event
+from wyoming.tts import (
+    Synthesize,
+    SynthesizeChunk,
+    SynthesizeStart,
+    SynthesizeStop,
+    SynthesizeStopped,
+)
+
+from ..audio import float_to_pcm16
+from ..chunking import SentenceStream, chunk_text
+from ..engine import EngineError
+from ..server import Handler
+from . import TtsService, VoiceChoice
+
+_LOGGER = logging.getLogger(__name__)
+
+SAMPLES_PER_CHUNK = 1024
+
+
+async def _iterate(items: list[str]) -> AsyncIterator[str]:
+    for item in items:
+        yield item
+
+
+async def _drain(queue: asyncio.Queue[str | None]) -> AsyncIterator[str]:
+    while (item := await queue.get()) is not None:
+        yield item
+
+
+class _Stream:
+    """An open ``synthesize-start`` stream: sentences go to a queue the speaker reads."""
+
+    def __init__(self, choice: VoiceChoice, max_chars: int) -> None:
+        self.choice = choice
+        self.sentences = SentenceStream(max_chars)
+        self.queue: asyncio.Queue[str | None] = asyncio.Queue()
+        self.chars = 0
+        self.task: asyncio.Task[None] | None = None
+
+    def push(self, sentences: list[str]) -> None:
+        for sentence in sentences:
+            self.queue.put_nowait(sentence)
+
+
+class TtsHandler(Handler):
+    """One client. Exactly one ``audio-start``/``audio-stop`` pair per response, one format."""
+
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, service: TtsService
+    ) -> None:
+        super().__init__(reader, writer, service.info_event, service.settings.max_event_bytes)
+        self.service = service
+        self._stream: _Stream | None = None
+
+    async def handle_event(self, event: Event) -> bool:
+        if Synthesize.is_type(event.type):
+            if self._stream is not None:
+                # Home Assistant repeats the whole text mid-stream for old servers.
+                _LOGGER.debug("Ignoring synthesize sent during a stream")
+                return True
+            await self._on_synthesize(event)
+            return True
+        if SynthesizeStart.is_type(event.type):
+            await self._on_stream_start(event)
+        elif SynthesizeChunk.is_type(event.type):
+            await self._on_stream_chunk(event)
+        elif SynthesizeStop.is_type(event.type):
+            await self._on_stream_stop()
+        else:
+            _LOGGER.debug("Ignoring %s from %s", event.type, self.peer)
+        return True
+
+    def _text_of(self, event: Event) -> str:
+        text = event.data.get("text")
+        if not isinstance(text, str):
+            raise EngineError(f"{event.type} needs a 'text' string", "bad-text")
+        return text
+
+    def _check_length(self, chars: int) -> None:
+        limit = self.service.settings.max_text_chars
+        if chars > limit:
+            raise EngineError(
+                f"text is {chars} characters, more than the {limit} limit (MAX_TEXT_CHARS)",
+                "too-long",
+            )
+
+    async def _on_synthesize(self, event: Event) -> None:
+        text = self._text_of(event)
+        self._check_length(len(text))
+        choice = self.service.resolve_voice(event.data.get("voice"))
+        chunks = chunk_text(text, self.service.settings.qwen_tts_chunk_size)
+        if not chunks:
+            raise EngineError("the text has nothing to speak (no letters or digits)", "no-text")
+        _LOGGER.debug("Synthesizing %d chunk(s) with %s", len(chunks), choice.voice)
+        await self._speak(_iterate(chunks), choice)
+
+    async def _on_stream_start(self, event: Event) -> None:
+        if self._stream is not None:
+            raise EngineError("a synthesize stream is already open", "out-of-order")
+        choice = self.service.resolve_voice(event.data.get("voice"))
+        stream = _Stream(choice, self.service.settings.qwen_tts_chunk_size)
+        stream.task = asyncio.create_task(self._run_stream(stream))
+        self._stream = stream
+
+    async def _on_stream_chunk(self, event: Event) -> None:
+        stream = self._stream
+        if stream is None:
+            raise EngineError("synthesize-chunk without synthesize-start", "out-of-order")
+        text = self._text_of(event)
+        stream.chars += len(text)
+        try:
+            self._check_length(stream.chars)
+        except EngineError:
+            await self._abort_stream()
+            raise
+        stream.push(stream.sentences.feed(text))
+
+    async def _on_stream_stop(self) -> None:
+        stream = self._stream
+        if stream is None:
+            raise EngineError("synthesize-stop without synthesize-start", "out-of-order")
+        stream.push(stream.sentences.finish())
+        stream.queue.put_nowait(None)
+        assert stream.task is not None
+        try:
+            await stream.task
+        finally:
+            self._stream = None
+
+    async def _run_stream(self, stream: _Stream) -> None:
+        try:
+            await self._speak(_drain(stream.queue), stream.choice)
+        except ConnectionError:
+            return
+        except EngineError as err:
+            await self.send_error(str(err), err.code)
+        except Exception as err:
+            _LOGGER.exception("Streaming synthesis failed for %s", self.peer)
+            await self.send_error(f"internal error: {type(err).__name__}: {err}", "internal")
+        with contextlib.suppress(ConnectionError):
+            await self.write_event(SynthesizeStopped().event())
+
+    async def _abort_stream(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None and stream.task is not None:
+            stream.task.cancel()
+            await asyncio.gather(stream.task, return_exceptions=True)
+
+    async def disconnected(self) -> None:
+        await self._abort_stream()
+
+    async def _speak(self, texts: AsyncIterator[str], choice: VoiceChoice) -> None:
+        """Send the audio of ``texts`` as one audio-start, chunks, one audio-stop."""
+        rate = self.service.engine.sample_rate
+        started = time.monotonic()
+        first_audio: float | None = None
+        samples = 0
+        audio = self.service.synthesize(texts, choice)
+        try:
+            async for piece in audio:
+                if first_audio is None:
+                    first_audio = time.monotonic() - started
+                    await self.write_event(AudioStart(rate=rate, width=2, channels=1).event())
+                await self._send_pcm(piece, rate)
+                samples += piece.size
+        except Exception:
+            if first_audio is not None:
+                with contextlib.suppress(ConnectionError):
+                    await self.write_event(AudioStop().event())
+            raise
+        finally:
+            await audio.aclose()
+        if first_audio is not None:
+            await self.write_event(AudioStop().event())
+            _LOGGER.info(
+                "Spoke %.1f s of audio with %s: first audio after %.3f s, done in %.3f s",
+                samples / rate,
+                choice.voice,
+                first_audio,
+                time.monotonic() - started,
+            )
+
+    async def _send_pcm(self, piece: np.ndarray, rate: int) -> None:
+        pcm = float_to_pcm16(piece)
+        step = SAMPLES_PER_CHUNK * 2
+        for offset in range(0, len(pcm), step):
+            await self.write_event(
+                AudioChunk(
+                    rate=rate, width=2, channels=1, audio=pcm[offset : offset + step]
+                ).event()
+            )
