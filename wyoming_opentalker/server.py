@@ -115,6 +115,7 @@ class Handler(ABC):
                     _LOGGER.warning("Bad input from %s: %s", self.peer, err)
                     await self.send_error(str(err), err.code)
                     if err.fatal:
+                        await self._linger()
                         break
                     continue
                 if event is None:
@@ -123,6 +124,7 @@ class Handler(ABC):
                     await self.write_event(self._info_event)
                     continue
                 if not await self._dispatch(event):
+                    await self._linger()
                     break
         except (ConnectionError, asyncio.IncompleteReadError):
             _LOGGER.debug("Client %s went away", self.peer)
@@ -144,6 +146,21 @@ class Handler(ABC):
             _LOGGER.exception("Unexpected error handling %s from %s", event.type, self.peer)
             await self.send_error(f"internal error: {type(err).__name__}: {err}", "internal")
         return True
+
+    async def _linger(self, seconds: float = 3.0) -> None:
+        """Close politely after an error: send FIN, then discard what the client is
+        still sending. Closing with unread input makes the kernel send a reset, which
+        can destroy the error event before the client reads it.
+        """
+        with contextlib.suppress(OSError, RuntimeError):
+            if self.writer.can_write_eof():
+                self.writer.write_eof()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        with contextlib.suppress(OSError, TimeoutError, asyncio.LimitOverrunError):
+            while (remaining := deadline - loop.time()) > 0:
+                if not await asyncio.wait_for(self.reader.read(1 << 16), remaining):
+                    break
 
     @abstractmethod
     async def handle_event(self, event: Event) -> bool:

@@ -54,12 +54,32 @@ def _voice_files(path: Path) -> list[Path]:
     return [path]
 
 
+def _load_voice(file: Path, config: dict[str, Any], use_cuda: bool) -> Any:
+    """Like ``PiperVoice.load`` but without ONNX Runtime's memory patterns: those keep a
+    plan per input shape, and every sentence length is a new shape, so memory grew with
+    the variety of sentences spoken (+25% over a long text); without them it stays flat
+    at the same speed.
+    """
+    import onnxruntime
+    from piper import PiperVoice
+    from piper.config import PiperConfig
+
+    options = onnxruntime.SessionOptions()
+    options.enable_mem_pattern = False
+    providers: list[Any] = (
+        [("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC"})]
+        if use_cuda
+        else ["CPUExecutionProvider"]
+    )
+    session = onnxruntime.InferenceSession(str(file), sess_options=options, providers=providers)
+    return PiperVoice(session=session, config=PiperConfig.from_dict(config))
+
+
 class PiperEngine(TtsEngine):
     """One or more Piper voices loaded from ``.onnx`` files (a file or a directory)."""
 
     def __init__(self, settings: Settings, device: str) -> None:
         import onnxruntime
-        from piper import PiperVoice
 
         resolved = resolve_model(
             settings.tts_model,
@@ -84,7 +104,7 @@ class PiperEngine(TtsEngine):
                 speakers=tuple(speaker_ids),
                 description=f"Piper {file.name.removesuffix('.onnx')}",
             )
-            voice = PiperVoice.load(file, use_cuda=use_cuda)
+            voice = _load_voice(file, config, use_cuda)
             self._voices[info.name] = _LoadedVoice(voice, info, speaker_ids, file)
         rates = {loaded.voice.config.sample_rate for loaded in self._voices.values()}
         if len(rates) != 1:

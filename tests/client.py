@@ -1,0 +1,185 @@
+"""A small Wyoming client for the tests: real TCP, the ``wyoming`` library's framing."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from wyoming.asr import Transcribe
+from wyoming.audio import AudioChunk, AudioStart, AudioStop
+from wyoming.event import Event, async_read_event, async_write_event
+from wyoming.info import Describe, Info
+from wyoming.tts import (
+    Synthesize,
+    SynthesizeChunk,
+    SynthesizeStart,
+    SynthesizeStop,
+    SynthesizeVoice,
+)
+
+TIMEOUT = 300.0
+
+
+class Connection:
+    """One TCP connection to a server on 127.0.0.1."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.reader: asyncio.StreamReader
+        self.writer: asyncio.StreamWriter
+
+    async def __aenter__(self) -> Connection:
+        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.writer.close()
+        try:
+            await self.writer.wait_closed()
+        except (ConnectionError, OSError):
+            pass
+
+    async def send(self, *events: Event) -> None:
+        for event in events:
+            await async_write_event(event, self.writer)
+
+    async def send_raw(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def read(self, timeout: float = TIMEOUT) -> Event | None:
+        return await asyncio.wait_for(async_read_event(self.reader), timeout)
+
+    async def read_until(self, *types: str, timeout: float = TIMEOUT) -> list[Event]:
+        events: list[Event] = []
+        while True:
+            event = await self.read(timeout)
+            if event is None:
+                return events
+            events.append(event)
+            if event.type in types:
+                return events
+
+
+async def describe(port: int) -> Info:
+    async with Connection(port) as conn:
+        await conn.send(Describe().event())
+        event = await conn.read(5.0)
+        assert event is not None and Info.is_type(event.type), event
+        return Info.from_event(event)
+
+
+def pcm16(audio: np.ndarray) -> bytes:
+    data: bytes = (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
+    return data
+
+
+def audio_events(
+    pcm: bytes, rate: int, width: int, channels: int, samples_per_chunk: int = 1024
+) -> list[Event]:
+    step = samples_per_chunk * width * channels
+    events = [AudioStart(rate=rate, width=width, channels=channels).event()]
+    events += [
+        AudioChunk(rate=rate, width=width, channels=channels, audio=pcm[i : i + step]).event()
+        for i in range(0, len(pcm), step)
+    ]
+    events.append(AudioStop().event())
+    return events
+
+
+async def transcribe(
+    port: int,
+    pcm: bytes,
+    rate: int = 16000,
+    width: int = 2,
+    channels: int = 1,
+    language: str | None = None,
+    names: Sequence[str] | None = None,
+    terms: Sequence[str] | None = None,
+) -> Event:
+    """Send one utterance the way Home Assistant does; return the answer event."""
+    async with Connection(port) as conn:
+        transcribe_event = Transcribe(
+            language=language,
+            transcript_names=list(names) if names else None,
+            transcript_terms=list(terms) if terms else None,
+        ).event()
+        await conn.send(transcribe_event, *audio_events(pcm, rate, width, channels))
+        event = await conn.read()
+        assert event is not None
+        return event
+
+
+@dataclass
+class SpeechResult:
+    events: list[Event] = field(default_factory=list)
+    audio: bytearray = field(default_factory=bytearray)
+    rate: int = 0
+    first_chunk_at: float | None = None
+    done_at: float = 0.0
+    started_at: float = 0.0
+
+    @property
+    def types(self) -> list[str]:
+        return [event.type for event in self.events if event.type != "audio-chunk"]
+
+    @property
+    def samples(self) -> np.ndarray:
+        return np.frombuffer(bytes(self.audio), dtype="<i2").astype(np.float32) / 32768.0
+
+    @property
+    def seconds(self) -> float:
+        return len(self.audio) / 2 / self.rate if self.rate else 0.0
+
+
+async def collect_audio(conn: Connection, result: SpeechResult, until: str) -> SpeechResult:
+    while True:
+        event = await conn.read()
+        if event is None:
+            break
+        if event.type == "audio-chunk":
+            chunk = AudioChunk.from_event(event)
+            if result.first_chunk_at is None:
+                result.first_chunk_at = time.monotonic() - result.started_at
+            if not result.rate:
+                result.rate = chunk.rate
+            assert (chunk.rate, chunk.width, chunk.channels) == (result.rate, 2, 1)
+            result.audio += chunk.audio
+            result.events.append(Event("audio-chunk"))  # payload not kept twice
+            continue
+        result.events.append(event)
+        if event.type == "audio-start":
+            result.rate = AudioStart.from_event(event).rate
+        if event.type in (until, "error"):
+            break
+    result.done_at = time.monotonic() - result.started_at
+    return result
+
+
+async def synthesize(
+    port: int, text: str, voice: SynthesizeVoice | None = None, raw_voice: object = None
+) -> SpeechResult:
+    async with Connection(port) as conn:
+        event = Synthesize(text=text, voice=voice).event()
+        if raw_voice is not None:
+            event.data["voice"] = raw_voice
+        result = SpeechResult(started_at=time.monotonic())
+        await conn.send(event)
+        return await collect_audio(conn, result, "audio-stop")
+
+
+async def synthesize_streaming(
+    port: int, deltas: Iterable[str], voice: SynthesizeVoice | None = None
+) -> SpeechResult:
+    """Home Assistant's order: start, deltas, the full text again, stop."""
+    deltas = list(deltas)
+    async with Connection(port) as conn:
+        result = SpeechResult(started_at=time.monotonic())
+        await conn.send(SynthesizeStart(voice=voice).event())
+        await conn.send(*(SynthesizeChunk(text=delta).event() for delta in deltas))
+        await conn.send(Synthesize(text="".join(deltas), voice=voice).event())
+        await conn.send(SynthesizeStop().event())
+        return await collect_audio(conn, result, "synthesize-stopped")
