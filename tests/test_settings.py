@@ -1,0 +1,116 @@
+"""One settings object from flags, environment variables and the add-on's options file."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from wyoming_opentalker.settings import Settings, SettingsError, load_settings
+
+
+def test_defaults() -> None:
+    settings = load_settings([], {})
+    assert settings == Settings()
+    assert settings.services == ("asr", "tts")
+    assert settings.asr_uri.endswith(":10300") and settings.tts_uri.endswith(":10200")
+    assert settings.qwen_tts_chunk_size == 200 and settings.qwen_asr_use_fp16 is True
+
+
+def test_spec_environment_variables_keep_their_names_and_meanings(tmp_path: Path) -> None:
+    env = {
+        "DEVICE": "cuda:1",
+        "LOG_LEVEL": "debug",
+        "HF_ENDPOINT": "https://mirror.example",
+        "QWEN_ASR_USE_FP16": "false",
+        "QWEN_ASR_MAX_BATCH_SIZE": "16",
+        "QWEN_TTS_CHUNK_SIZE": "0",
+        "QWEN_TTS_SPEAKER": "Vivian",
+    }
+    settings = load_settings([], env)
+    assert settings.device == "cuda:1"
+    assert settings.log_level == "DEBUG"
+    assert settings.hf_endpoint == "https://mirror.example"
+    assert settings.qwen_asr_use_fp16 is False
+    assert settings.qwen_asr_max_batch_size == 16
+    assert settings.qwen_tts_chunk_size == 0
+    assert settings.qwen_tts_speaker == "Vivian"
+
+
+def test_precedence_flag_over_env_over_options_file(tmp_path: Path) -> None:
+    options = tmp_path / "options.json"
+    options.write_text(
+        json.dumps(
+            {
+                "qwen_tts_chunk_size": 150,
+                "asr_hints": ["Kitchen", "Living Room"],
+                "qwen_asr_use_fp16": False,
+                "log_level": "warning",
+                "addon_only_key": 1,
+            }
+        )
+    )
+    base = ["--options-file", str(options)]
+    settings = load_settings(base, {})
+    assert settings.qwen_tts_chunk_size == 150
+    assert settings.asr_hints == ("Kitchen", "Living Room")
+    assert settings.qwen_asr_use_fp16 is False
+    assert settings.log_level == "WARNING"
+    assert load_settings(base, {"QWEN_TTS_CHUNK_SIZE": "100"}).qwen_tts_chunk_size == 100
+    flagged = load_settings(
+        [*base, "--qwen-tts-chunk-size", "50", "--qwen-asr-use-fp16"],
+        {"QWEN_TTS_CHUNK_SIZE": "100"},
+    )
+    assert flagged.qwen_tts_chunk_size == 50 and flagged.qwen_asr_use_fp16 is True
+
+
+def test_single_service_modes_and_model_name() -> None:
+    asr = load_settings(["asr", "--uri", "tcp://127.0.0.1:9000"], {"MODEL_NAME": "/models/x"})
+    assert asr.services == ("asr",) and asr.asr_uri == "tcp://127.0.0.1:9000"
+    assert asr.asr_model == "/models/x"
+    tts = load_settings(["tts"], {"MODEL_NAME": "Qwen/Qwen3-TTS-12Hz-0.6B-CustomVoice"})
+    assert tts.services == ("tts",) and tts.tts_model == "Qwen/Qwen3-TTS-12Hz-0.6B-CustomVoice"
+    assert load_settings([], {"SERVICES": "tts"}).services == ("tts",)
+    assert load_settings(["--uri", "unix:///tmp/x.sock", "asr"], {}).asr_uri == "unix:///tmp/x.sock"
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "message"),
+    [
+        ([], {"QWEN_ASR_MAX_BATCH_SIZE": "abc"}, "QWEN_ASR_MAX_BATCH_SIZE='abc' is invalid"),
+        ([], {"QWEN_ASR_MAX_BATCH_SIZE": "0"}, "must be at least 1"),
+        ([], {"QWEN_TTS_CHUNK_SIZE": "-5"}, "QWEN_TTS_CHUNK_SIZE='-5' is invalid"),
+        ([], {"QWEN_ASR_USE_FP16": "maybe"}, "expected true or false"),
+        (["--asr-engine", "whisper.cpp"], {}, "--asr-engine='whisper.cpp' is invalid"),
+        ([], {"DEVICE": "gpu"}, "expected auto, cpu, cuda or cuda:N"),
+        ([], {"LOG_LEVEL": "loud"}, "LOG_LEVEL='loud' is invalid"),
+        (["--asr-uri", "http://x:1"], {}, "expected tcp://HOST:PORT"),
+        (["--tts-uri", "tcp://x:99999"], {}, "port must be a number"),
+        ([], {"MODEL_NAME": "x"}, "MODEL_NAME is ambiguous"),
+        (["--uri", "tcp://127.0.0.1:1"], {}, "--uri needs a single service"),
+        (["--asr-uri", "tcp://h:1", "--tts-uri", "tcp://h:1"], {}, "cannot both listen"),
+    ],
+)
+def test_bad_values_are_one_line_errors(argv: list[str], env: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        load_settings(argv, env)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_bad_value_exits_2_with_one_line() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "wyoming_opentalker"],
+        env={"QWEN_ASR_MAX_BATCH_SIZE": "abc", "PATH": "/usr/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "wyoming-opentalker: error: QWEN_ASR_MAX_BATCH_SIZE='abc' is invalid: "
+        "expected a whole number"
+    )
