@@ -30,7 +30,7 @@ def test_local_path(tmp_path: Path) -> None:
 
 
 def test_not_a_name() -> None:
-    with pytest.raises(ModelError, match="known names: .*tiny.en"):
+    with pytest.raises(ModelError, match=r"known names: .*tiny\.en"):
         resolve_model("tinyish", whisper_source(), local_files_only=True)
 
 
