@@ -15,7 +15,8 @@ from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.error import Error
 from wyoming.info import Describe
 
-from .client import Connection, audio_events, describe, transcribe
+from wyoming_opentalker.client import Connection, audio_events, describe, transcribe
+
 from .conftest import Server
 from .speech import POCKETSPHINX, corpus, normalize, wer
 
@@ -25,9 +26,8 @@ GOFORWARD = POCKETSPHINX / "goforward.raw"
 async def _text(
     port: int, pcm: bytes, rate: int = 16000, width: int = 2, channels: int = 1, **kwargs: object
 ) -> str:
-    event = await transcribe(port, pcm, rate, width, channels, **kwargs)  # type: ignore[arg-type]
-    assert Transcript.is_type(event.type), event
-    return Transcript.from_event(event).text
+    result = await transcribe(port, pcm, rate, width, channels, **kwargs)  # type: ignore[arg-type]
+    return result.text
 
 
 async def test_info_advertises_exactly_the_installed_model(server: Server) -> None:
@@ -264,3 +264,31 @@ def test_model_path_missing_is_a_one_line_startup_error(tmp_path: Path) -> None:
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("wyoming-opentalker: error: model path") and "does not exist" in last
+
+
+async def test_unix_socket_single_service(tmp_path: Path) -> None:
+    import sys
+
+    from wyoming.event import async_read_event, async_write_event
+
+    sock = tmp_path / "asr.sock"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "wyoming_opentalker", "asr", "--uri", f"unix://{sock}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(600):
+            if sock.exists():
+                break
+            await asyncio.sleep(0.1)
+        reader, writer = await asyncio.open_unix_connection(str(sock))
+        await async_write_event(Describe().event(), writer)
+        event = await asyncio.wait_for(async_read_event(reader), 5)
+        assert event is not None and event.type == "info" and event.data["asr"]
+        assert not event.data["tts"]  # single-service mode: no TTS here
+        writer.close()
+    finally:
+        process.terminate()
+        assert process.wait(30) == 0
+    assert not sock.exists()

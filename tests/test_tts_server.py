@@ -16,8 +16,14 @@ from wyoming.info import Describe
 from wyoming.tts import SynthesizeChunk, SynthesizeStart, SynthesizeStop, SynthesizeVoice
 
 from wyoming_opentalker.chunking import chunk_text
+from wyoming_opentalker.client import (
+    Connection,
+    SpeechResult,
+    describe,
+    synthesize,
+    synthesize_streaming,
+)
 
-from .client import Connection, SpeechResult, describe, synthesize, synthesize_streaming
 from .conftest import Server, start_server
 from .speech import wer
 
@@ -41,6 +47,7 @@ def _assert_one_response(result: SpeechResult, closing: str = "audio-stop") -> N
     assert result.types.count("audio-start") == 1 and result.types.count("audio-stop") == 1
     assert result.types[-1] == closing, result.types
     assert result.rate == 22050 and result.seconds > 0.5
+    assert result.format_changes == 0
 
 
 def _speech_energy(result: SpeechResult) -> float:
@@ -48,11 +55,10 @@ def _speech_energy(result: SpeechResult) -> float:
 
 
 async def _transcribe_back(server: Server, result: SpeechResult) -> str:
-    from .client import transcribe
+    from wyoming_opentalker.client import transcribe
 
-    event = await transcribe(server.asr, bytes(result.audio), rate=result.rate, language="en")
-    assert event.type == "transcript", event
-    return str(event.data["text"])
+    answer = await transcribe(server.asr, bytes(result.audio), rate=result.rate, language="en")
+    return answer.text
 
 
 async def test_info_lists_only_installed_voices_and_streaming(server: Server) -> None:
@@ -95,7 +101,7 @@ async def test_streaming_audio_starts_before_the_text_is_finished(server: Server
         assert first is not None and first.type == "audio-start", first
         await conn.send(SynthesizeChunk(text=" door is locked.").event(), SynthesizeStop().event())
         result = SpeechResult(started_at=time.monotonic())
-        from .client import collect_audio
+        from wyoming_opentalker.client import collect_audio
 
         await collect_audio(conn, result, "synthesize-stopped")
     assert result.types[-2:] == ["audio-stop", "synthesize-stopped"]
@@ -167,7 +173,7 @@ async def test_stream_misuse(server: Server) -> None:
         await conn.send(SynthesizeChunk(text="The first stream still works.").event())
         await conn.send(SynthesizeStop().event())
         result = SpeechResult(started_at=time.monotonic())
-        from .client import collect_audio
+        from wyoming_opentalker.client import collect_audio
 
         await collect_audio(conn, result, "synthesize-stopped")
         _assert_one_response(result, closing="synthesize-stopped")

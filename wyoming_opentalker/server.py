@@ -203,6 +203,9 @@ class Listener:
         await asyncio.gather(*self.connections, return_exceptions=True)
         with contextlib.suppress(Exception):
             await self.server.wait_closed()
+        parsed = urlparse(self.uri)
+        if parsed.scheme == "unix":
+            await asyncio.to_thread(Path(parsed.path).unlink, missing_ok=True)
 
 
 async def listen(uri: str, factory: HandlerFactory, max_event_bytes: int) -> Listener:

@@ -1,4 +1,5 @@
-"""A small Wyoming client for the tests: real TCP, the ``wyoming`` library's framing."""
+"""A small async Wyoming client with timings: used by the tests, the benchmark and the
+container's health check. Real TCP, the ``wyoming`` library's own framing."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from wyoming.asr import Transcribe
+from wyoming.asr import Transcribe, Transcript
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.event import Event, async_read_event, async_write_event
 from wyoming.info import Describe, Info
@@ -24,16 +25,21 @@ from wyoming.tts import (
 TIMEOUT = 300.0
 
 
-class Connection:
-    """One TCP connection to a server on 127.0.0.1."""
+class ClientError(RuntimeError):
+    """The server closed or answered something unexpected."""
 
-    def __init__(self, port: int) -> None:
+
+class Connection:
+    """One TCP connection to a Wyoming server."""
+
+    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
+        self.host = host
         self.port = port
         self.reader: asyncio.StreamReader
         self.writer: asyncio.StreamWriter
 
     async def __aenter__(self) -> Connection:
-        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -52,22 +58,13 @@ class Connection:
     async def read(self, timeout: float = TIMEOUT) -> Event | None:
         return await asyncio.wait_for(async_read_event(self.reader), timeout)
 
-    async def read_until(self, *types: str, timeout: float = TIMEOUT) -> list[Event]:
-        events: list[Event] = []
-        while True:
-            event = await self.read(timeout)
-            if event is None:
-                return events
-            events.append(event)
-            if event.type in types:
-                return events
-
 
 async def describe(port: int) -> Info:
     async with Connection(port) as conn:
         await conn.send(Describe().event())
         event = await conn.read(5.0)
-        assert event is not None and Info.is_type(event.type), event
+        if event is None or not Info.is_type(event.type):
+            raise ClientError(f"expected info, got {event}")
         return Info.from_event(event)
 
 
@@ -89,6 +86,18 @@ def audio_events(
     return events
 
 
+@dataclass
+class TranscriptResult:
+    event: Event
+    latency: float  # seconds from sending audio-stop to the answer
+
+    @property
+    def text(self) -> str:
+        if not Transcript.is_type(self.event.type):
+            raise ClientError(f"expected transcript, got {self.event}")
+        return Transcript.from_event(self.event).text
+
+
 async def transcribe(
     port: int,
     pcm: bytes,
@@ -98,18 +107,22 @@ async def transcribe(
     language: str | None = None,
     names: Sequence[str] | None = None,
     terms: Sequence[str] | None = None,
-) -> Event:
-    """Send one utterance the way Home Assistant does; return the answer event."""
+) -> TranscriptResult:
+    """Send one utterance the way Home Assistant does; return the answer and its latency."""
     async with Connection(port) as conn:
         transcribe_event = Transcribe(
             language=language,
             transcript_names=list(names) if names else None,
             transcript_terms=list(terms) if terms else None,
         ).event()
-        await conn.send(transcribe_event, *audio_events(pcm, rate, width, channels))
+        *audio, stop = audio_events(pcm, rate, width, channels)
+        await conn.send(transcribe_event, *audio)
+        stopped = time.monotonic()
+        await conn.send(stop)
         event = await conn.read()
-        assert event is not None
-        return event
+        if event is None:
+            raise ClientError("connection closed before an answer")
+        return TranscriptResult(event, time.monotonic() - stopped)
 
 
 @dataclass
@@ -120,6 +133,7 @@ class SpeechResult:
     first_chunk_at: float | None = None
     done_at: float = 0.0
     started_at: float = 0.0
+    format_changes: int = 0
 
     @property
     def types(self) -> list[str]:
@@ -145,7 +159,8 @@ async def collect_audio(conn: Connection, result: SpeechResult, until: str) -> S
                 result.first_chunk_at = time.monotonic() - result.started_at
             if not result.rate:
                 result.rate = chunk.rate
-            assert (chunk.rate, chunk.width, chunk.channels) == (result.rate, 2, 1)
+            if (chunk.rate, chunk.width, chunk.channels) != (result.rate, 2, 1):
+                result.format_changes += 1
             result.audio += chunk.audio
             result.events.append(Event("audio-chunk"))  # payload not kept twice
             continue
