@@ -55,16 +55,6 @@ class EngineInfo:
         )
 
 
-def normalize_language(code: str | None) -> str | None:
-    """``en-US``/``en_US``/``EN`` -> ``en``; ``auto``/empty -> ``None`` (detect)."""
-    if code is None:
-        return None
-    code = code.strip().replace("_", "-")
-    if not code or code.lower() == "auto":
-        return None
-    return code.split("-", 1)[0].lower()
-
-
 # --- speech-to-text
 
 

@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 SERVICES = ("asr", "tts")
-ASR_ENGINES = ("faster-whisper",)
+ASR_ENGINES = ("faster-whisper", "qwen3-asr")
 TTS_ENGINES = ("piper",)
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -50,6 +50,9 @@ class Settings:
     asr_compute_type: str = "auto"
     qwen_asr_use_fp16: bool = True
     qwen_asr_max_batch_size: int | None = None
+    qwen_asr_max_new_tokens: int = 512
+    asr_dtype: str = "auto"
+    asr_batch_window_ms: float = 5.0
     # TTS
     tts_engine: str = "piper"
     tts_model: str | None = None
@@ -86,14 +89,17 @@ def _int_at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
-def _positive_float(raw: str) -> float:
-    try:
-        value = float(raw.strip())
-    except ValueError:
-        raise ValueError("expected a number") from None
-    if not value > 0:
-        raise ValueError("must be greater than 0")
-    return value
+def _float_above(minimum: float, *, inclusive: bool) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            raise ValueError("expected a number") from None
+        if not (value >= minimum if inclusive else value > minimum):
+            raise ValueError(f"must be {'at least' if inclusive else 'more than'} {minimum:g}")
+        return value
+
+    return parse
 
 
 def _choice(choices: Sequence[str], *, upper: bool = False) -> Callable[[str], str]:
@@ -236,6 +242,27 @@ OPTIONS: tuple[Option, ...] = (
         "most ASR requests decoded together (default: from GPU memory)",
     ),
     Option(
+        "qwen_asr_max_new_tokens",
+        "--qwen-asr-max-new-tokens",
+        "QWEN_ASR_MAX_NEW_TOKENS",
+        _int_at_least(1),
+        "most tokens Qwen3-ASR writes for one request",
+    ),
+    Option(
+        "asr_dtype",
+        "--asr-dtype",
+        "ASR_DTYPE",
+        _choice(("auto", "float16", "bfloat16", "float32")),
+        "Qwen3-ASR weight precision (auto: FP16 on CUDA per QWEN_ASR_USE_FP16, else FP32)",
+    ),
+    Option(
+        "asr_batch_window_ms",
+        "--asr-batch-window-ms",
+        "QWEN_ASR_BATCH_WINDOW_MS",
+        _float_above(0, inclusive=True),
+        "how long a lone request waits for others to batch with",
+    ),
+    Option(
         "tts_engine",
         "--tts-engine",
         "TTS_ENGINE",
@@ -268,7 +295,7 @@ OPTIONS: tuple[Option, ...] = (
         "max_audio_seconds",
         "--max-audio-seconds",
         "MAX_AUDIO_SECONDS",
-        _positive_float,
+        _float_above(0, inclusive=False),
         "longest ASR upload accepted",
     ),
     Option(

@@ -1,7 +1,9 @@
-"""Speech-to-text: engine selection and the service the Wyoming handler talks to."""
+"""Speech-to-text: engine selection, batching, and the service the Wyoming handler uses."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass, field
 
@@ -9,14 +11,8 @@ from wyoming.event import Event
 from wyoming.info import AsrModel, AsrProgram, Attribution, Info
 
 from .. import __version__
-from ..engine import (
-    AsrEngine,
-    AsrRequest,
-    AsrResult,
-    EngineError,
-    InferenceWorker,
-    normalize_language,
-)
+from ..engine import AsrEngine, AsrRequest, AsrResult, EngineError, InferenceWorker
+from ..languages import language_code
 from ..settings import Settings
 
 _LOGGER = logging.getLogger(__name__)
@@ -28,20 +24,43 @@ def load_asr_engine(settings: Settings, device: str) -> AsrEngine:
         from .faster_whisper import FasterWhisperEngine
 
         return FasterWhisperEngine(settings, device)
+    if settings.asr_engine == "qwen3-asr":
+        from .qwen3_asr import Qwen3AsrEngine
+
+        return Qwen3AsrEngine(settings, device)
     raise EngineError(f"unknown ASR engine {settings.asr_engine!r}")
 
 
 @dataclass
+class _Job:
+    request: AsrRequest
+    future: asyncio.Future[AsrResult]
+
+
+@dataclass
 class AsrService:
-    """A loaded engine, its worker thread, and what ``info`` says about it."""
+    """A loaded engine, its worker thread, the batcher, and what ``info`` says.
+
+    Requests queue in arrival order. Whenever the engine is free, everything waiting (up
+    to ``engine.max_batch_size``) goes into one ``transcribe`` call. A lone request
+    waits at most ``batch_window`` seconds for company, so satellites that finish speaking
+    together share one decode while a single user pays only a few milliseconds.
+    """
 
     engine: AsrEngine
     settings: Settings
     worker: InferenceWorker = field(default_factory=lambda: InferenceWorker("asr"))
     requests_served: int = 0
+    batches: list[int] = field(default_factory=list)  # size of each decode, for stats/tests
 
     def __post_init__(self) -> None:
         self.info_event: Event = self._build_info().event()
+        self._queue: asyncio.Queue[_Job] | None = None
+        self._loop_task: asyncio.Task[None] | None = None
+
+    @property
+    def batch_window(self) -> float:
+        return self.settings.asr_batch_window_ms / 1000 if self.engine.max_batch_size > 1 else 0.0
 
     def _build_info(self) -> Info:
         info = self.engine.info
@@ -69,9 +88,9 @@ class AsrService:
 
     def resolve_language(self, requested: str | None) -> str | None:
         """The language to decode in, or ``None`` to detect; unsupported -> ``EngineError``."""
-        language = normalize_language(requested)
+        language = language_code(requested)
         if language is None:
-            language = normalize_language(self.settings.asr_language)
+            language = language_code(self.settings.asr_language)
         if language is None:
             return None
         if language not in self.engine.languages:
@@ -84,6 +103,47 @@ class AsrService:
         return language
 
     async def transcribe(self, request: AsrRequest) -> AsrResult:
-        results = await self.worker.run(self.engine.transcribe, [request])
-        self.requests_served += 1
-        return results[0]
+        if self._queue is None:
+            self._queue = asyncio.Queue()
+            self._loop_task = asyncio.create_task(self._batch_loop(self._queue))
+        future: asyncio.Future[AsrResult] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Job(request, future))
+        return await future  # cancelled with the client: the job is then skipped
+
+    async def _batch_loop(self, queue: asyncio.Queue[_Job]) -> None:
+        limit = max(1, self.engine.max_batch_size)
+        while True:
+            jobs = [await queue.get()]
+            if limit > 1 and self.batch_window > 0:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.batch_window):
+                        while len(jobs) < limit:
+                            jobs.append(await queue.get())
+            while len(jobs) < limit and not queue.empty():
+                jobs.append(queue.get_nowait())
+            live = [job for job in jobs if not job.future.done()]
+            if live:
+                await self._run_batch(live)
+
+    async def _run_batch(self, jobs: list[_Job]) -> None:
+        requests = [job.request for job in jobs]
+        self.batches.append(len(jobs))
+        if len(jobs) > 1:
+            _LOGGER.info("Decoding a batch of %d requests in one call", len(jobs))
+        try:
+            results = await self.worker.run(self.engine.transcribe, requests)
+        except Exception as err:
+            _LOGGER.exception("Transcription failed")
+            error = (
+                err
+                if isinstance(err, EngineError)
+                else EngineError(f"transcription failed: {type(err).__name__}: {err}")
+            )
+            for job in jobs:
+                if not job.future.done():
+                    job.future.set_exception(error)
+            return
+        self.requests_served += len(jobs)
+        for job, result in zip(jobs, results, strict=True):
+            if not job.future.done():
+                job.future.set_result(result)

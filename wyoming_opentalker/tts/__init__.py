@@ -19,8 +19,8 @@ from ..engine import (
     TtsEngine,
     TtsRequest,
     Voice,
-    normalize_language,
 )
+from ..languages import language_code
 from ..settings import Settings
 
 _LOGGER = logging.getLogger(__name__)
@@ -166,16 +166,15 @@ class TtsService:
 
     def _voice_for_language(self, language: str) -> Voice:
         wanted = language.replace("-", "_").lower()
-        family = normalize_language(language)
+        family = language_code(language)
         default = self._voices[self.engine.default_voice]
         candidates = [default, *self._voices.values()]
-        for match in (
-            lambda code: code.lower() == wanted,
-            lambda code: normalize_language(code) == family,
-        ):
-            for voice in candidates:
-                if any(match(code) for code in voice.languages):
-                    return voice
+        for voice in candidates:  # exact tag first (en_US), then the family (en)
+            if any(code.replace("-", "_").lower() == wanted for code in voice.languages):
+                return voice
+        for voice in candidates:
+            if any(language_code(code) == family for code in voice.languages):
+                return voice
         installed = ", ".join(
             f"{voice.name} ({'/'.join(voice.languages)})" for voice in self._voices.values()
         )

@@ -1,0 +1,1 @@
+"""Support for tests and benchmarks: models built offline with the engines' own classes."""
