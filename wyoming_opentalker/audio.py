@@ -126,3 +126,19 @@ class PcmToFloat:
             return np.zeros(0, dtype=np.float32)
         tail: np.ndarray = resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
         return tail
+
+
+def fade_edges(
+    audio: np.ndarray, rate: int, ms: float = 5.0, *, start: bool = True, end: bool = True
+) -> np.ndarray:
+    """Short linear fades so separately generated chunks join without clicks."""
+    length = min(int(rate * ms / 1000), audio.size // 2)
+    if length <= 0 or not (start or end):
+        return audio
+    out = audio.astype(np.float32, copy=True)
+    ramp = np.linspace(0.0, 1.0, length, dtype=np.float32)
+    if start:
+        out[:length] *= ramp
+    if end:
+        out[-length:] *= ramp[::-1]
+    return out

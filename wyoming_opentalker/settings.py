@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 
 SERVICES = ("asr", "tts")
 ASR_ENGINES = ("faster-whisper", "qwen3-asr")
-TTS_ENGINES = ("piper",)
+TTS_ENGINES = ("piper", "qwen3-tts")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -58,6 +58,8 @@ class Settings:
     tts_model: str | None = None
     qwen_tts_chunk_size: int = 200
     qwen_tts_speaker: str | None = None
+    qwen_tts_stream_window: int = 8
+    qwen_tts_max_new_tokens: int | None = None
     # Limits
     max_event_bytes: int = 4 * 1024 * 1024
     max_audio_seconds: float = 300.0
@@ -283,6 +285,20 @@ OPTIONS: tuple[Option, ...] = (
         "QWEN_TTS_SPEAKER",
         _text,
         "default voice (speaker) name",
+    ),
+    Option(
+        "qwen_tts_stream_window",
+        "--qwen-tts-stream-window",
+        "QWEN_TTS_STREAM_WINDOW",
+        _int_at_least(0),
+        "Qwen3-TTS: decode audio every N codec frames (80 ms each) while generating; 0 = off",
+    ),
+    Option(
+        "qwen_tts_max_new_tokens",
+        "--qwen-tts-max-new-tokens",
+        "QWEN_TTS_MAX_NEW_TOKENS",
+        _int_at_least(1),
+        "most codec frames Qwen3-TTS generates for one chunk (default: the model's)",
     ),
     Option(
         "max_event_bytes",

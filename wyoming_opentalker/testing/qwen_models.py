@@ -9,6 +9,7 @@ for memory and speed measurements (the text it writes is noise either way).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -158,4 +159,251 @@ def build_qwen3_asr(
     torch.manual_seed(0)
     model = Qwen3ASRForConditionalGeneration(config)
     model.save_pretrained(path)
+    return path
+
+
+# --- Qwen3-TTS (12 Hz CustomVoice)
+
+TTS_SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<tts_pad>",
+    "<tts_text_bos>",
+    "<tts_text_eod>",
+]
+# The released CustomVoice checkpoint's speaker and language token ids.
+TTS_SPEAKERS = {
+    "serena": 3066,
+    "vivian": 3065,
+    "uncle_fu": 3010,
+    "ryan": 3061,
+    "aiden": 2861,
+    "ono_anna": 2873,
+    "sohee": 2864,
+    "eric": 2875,
+    "dylan": 2878,
+}
+TTS_DIALECTS = {"eric": "sichuan_dialect", "dylan": "beijing_dialect"}
+TTS_LANGUAGES = {
+    "chinese": 2055,
+    "english": 2050,
+    "german": 2053,
+    "italian": 2070,
+    "portuguese": 2071,
+    "spanish": 2054,
+    "japanese": 2058,
+    "korean": 2064,
+    "french": 2061,
+    "russian": 2069,
+    "beijing_dialect": 2074,
+    "sichuan_dialect": 2062,
+}
+_TTS_CODEC_IDS = {
+    "codec_pad_id": 2148,
+    "codec_bos_id": 2149,
+    "codec_eos_token_id": 2150,
+    "codec_think_id": 2154,
+    "codec_nothink_id": 2155,
+    "codec_think_bos_id": 2156,
+    "codec_think_eos_id": 2157,
+}
+# Qwen3-TTS-12Hz-0.6B-CustomVoice architecture (config.json, speech_tokenizer/config.json).
+TTS_FULL: dict[str, Any] = {
+    "groups": 16,
+    "talker": {
+        "hidden_size": 1024,
+        "intermediate_size": 3072,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 8,
+        "head_dim": 128,
+        "max_position_embeddings": 32768,
+        "rope_theta": 1000000.0,
+        "rope_scaling": {
+            "mrope_section": [24, 20, 20],
+            "interleaved": True,
+            "rope_type": "default",
+        },
+        "text_hidden_size": 2048,
+        "text_vocab_size": 151936,
+    },
+    "predictor": {
+        "hidden_size": 1024,
+        "intermediate_size": 3072,
+        "num_hidden_layers": 5,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 8,
+        "head_dim": 128,
+        "max_position_embeddings": 65536,
+        "rope_theta": 1000000.0,
+    },
+    "codec_encoder": {
+        "num_filters": 64,
+        "upsampling_ratios": [8, 6, 5, 4],
+        "hidden_size": 512,
+        "upsample_groups": 512,
+        "num_hidden_layers": 8,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 8,
+        "head_dim": 64,
+        "intermediate_size": 2048,
+        "sliding_window": 250,
+        "num_quantizers": 32,
+        "codebook_size": 2048,
+        "codebook_dim": 256,
+        "vector_quantization_hidden_dimension": 256,
+    },
+    "codec_decoder": {
+        "latent_dim": 1024,
+        "codebook_dim": 512,
+        "codebook_size": 2048,
+        "decoder_dim": 1536,
+        "hidden_size": 512,
+        "intermediate_size": 1024,
+        "head_dim": 64,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 16,
+        "num_hidden_layers": 8,
+        "sliding_window": 72,
+    },
+}
+TTS_TINY: dict[str, Any] = {
+    "groups": 4,
+    "talker": {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "head_dim": 16,
+        "max_position_embeddings": 4096,
+        "rope_theta": 1000000.0,
+        "rope_scaling": {"mrope_section": [4, 2, 2], "interleaved": True, "rope_type": "default"},
+        "text_hidden_size": 32,
+    },
+    "predictor": {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "head_dim": 16,
+        "max_position_embeddings": 64,
+        "rope_theta": 1000000.0,
+    },
+    "codec_encoder": {
+        "num_filters": 4,
+        "upsampling_ratios": [8, 6, 5, 4],
+        "hidden_size": 32,
+        "upsample_groups": 32,  # must match hidden_size (SPEC §4)
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 2,
+        "head_dim": 16,
+        "intermediate_size": 64,
+        "codebook_size": 2048,
+        "codebook_dim": 32,
+    },
+    "codec_decoder": {
+        "latent_dim": 32,
+        "codebook_dim": 32,
+        "codebook_size": 2048,
+        "decoder_dim": 32,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "head_dim": 16,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 2,
+        "num_hidden_layers": 1,
+        "sliding_window": 72,
+        # large enough random weights that the decoder's output is audible, not ~1e-8
+        "initializer_range": 0.12,
+    },
+}
+
+
+def build_qwen3_tts(path: Path, size: Size = "tiny", max_new_tokens: int = 2048) -> Path:
+    """Save a random Qwen3-TTS CustomVoice checkpoint with its ``speech_tokenizer/``."""
+    import torch
+    from transformers import EncodecFeatureExtractor, Qwen2TokenizerFast
+
+    from wyoming_opentalker.tts.qwen3_tts import import_qwen_tts
+
+    import_qwen_tts()
+    from qwen_tts.core import Qwen3TTSTokenizerV2Config, Qwen3TTSTokenizerV2Model
+    from qwen_tts.core.models import (
+        Qwen3TTSConfig,
+        Qwen3TTSForConditionalGeneration,
+        Qwen3TTSProcessor,
+    )
+
+    spec = TTS_FULL if size == "full" else TTS_TINY
+    groups = int(spec["groups"])
+    path.mkdir(parents=True, exist_ok=True)
+    tokenizer = Qwen2TokenizerFast(
+        tokenizer_object=_byte_level_tokenizer(TTS_SPECIAL_TOKENS, vocab_size=500),
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+    )
+    Qwen3TTSProcessor(tokenizer=tokenizer).save_pretrained(path)
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in TTS_SPECIAL_TOKENS}
+
+    talker = dict(spec["talker"])
+    talker.setdefault("text_vocab_size", len(tokenizer))
+    talker.update(
+        _TTS_CODEC_IDS,
+        vocab_size=3072,
+        num_code_groups=groups,
+        spk_id=dict(TTS_SPEAKERS),
+        spk_is_dialect={name: TTS_DIALECTS.get(name, False) for name in TTS_SPEAKERS},
+        codec_language_id=dict(TTS_LANGUAGES),
+        code_predictor_config={**spec["predictor"], "vocab_size": 2048, "num_code_groups": groups},
+    )
+    text_ids = (
+        {"tts_pad_token_id": 151671, "tts_bos_token_id": 151672, "tts_eos_token_id": 151673}
+        if size == "full"
+        else {
+            "tts_pad_token_id": ids["<tts_pad>"],
+            "tts_bos_token_id": ids["<tts_text_bos>"],
+            "tts_eos_token_id": ids["<tts_text_eod>"],
+        }
+    )
+    config = Qwen3TTSConfig(
+        talker_config=talker,
+        tokenizer_type="qwen3_tts_tokenizer_12hz",
+        tts_model_size="0b6",
+        tts_model_type="custom_voice",
+        im_start_token_id=ids["<|im_start|>"],
+        im_end_token_id=ids["<|im_end|>"],
+        **text_ids,
+    )
+    config.architectures = ["Qwen3TTSForConditionalGeneration"]
+    torch.manual_seed(0)
+    Qwen3TTSForConditionalGeneration(config).save_pretrained(path)
+    # The saved speaker_encoder_config carries a model_type that breaks loading (SPEC §4).
+    config_file = path / "config.json"
+    saved = json.loads(config_file.read_text())
+    saved.get("speaker_encoder_config", {}).pop("model_type", None)
+    config_file.write_text(json.dumps(saved, indent=2))
+    (path / "generation_config.json").write_text(
+        json.dumps({"do_sample": True, "top_k": 50, "max_new_tokens": max_new_tokens})
+    )
+
+    codec_path = path / "speech_tokenizer"
+    codec_config = Qwen3TTSTokenizerV2Config(
+        encoder_config={**spec["codec_encoder"], "frame_rate": 12.5, "sampling_rate": 24000},
+        decoder_config={**spec["codec_decoder"], "num_quantizers": groups},
+        encoder_valid_num_quantizers=groups,
+    )
+    codec_config.architectures = ["Qwen3TTSTokenizerV2Model"]
+    codec = Qwen3TTSTokenizerV2Model(codec_config)
+    with torch.no_grad():  # the EMA codebooks start at zero, which would decode to silence
+        for name, tensor in [*codec.named_parameters(), *codec.named_buffers()]:
+            if name.endswith("embedding_sum"):
+                tensor.normal_(0.0, 1.0)
+            elif name.endswith("cluster_usage"):
+                tensor.fill_(1.0)
+    codec.save_pretrained(codec_path)
+    EncodecFeatureExtractor(feature_size=1, sampling_rate=24000).save_pretrained(codec_path)
     return path

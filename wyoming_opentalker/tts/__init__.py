@@ -36,6 +36,10 @@ def load_tts_engine(settings: Settings, device: str) -> TtsEngine:
         from .piper import PiperEngine
 
         return PiperEngine(settings, device)
+    if settings.tts_engine == "qwen3-tts":
+        from .qwen3_tts import Qwen3TtsEngine
+
+        return Qwen3TtsEngine(settings, device)
     raise EngineError(f"unknown TTS engine {settings.tts_engine!r}")
 
 
@@ -165,16 +169,24 @@ class TtsService:
         return VoiceChoice(voice.name, speaker, language)
 
     def _voice_for_language(self, language: str) -> Voice:
+        """Best voice for a language: a native speaker (its first language) before one that
+        merely speaks it; an exact tag (en_US) before the family (en); the default first."""
         wanted = language.replace("-", "_").lower()
         family = language_code(language)
         default = self._voices[self.engine.default_voice]
-        candidates = [default, *self._voices.values()]
-        for voice in candidates:  # exact tag first (en_US), then the family (en)
-            if any(code.replace("-", "_").lower() == wanted for code in voice.languages):
-                return voice
-        for voice in candidates:
-            if any(language_code(code) == family for code in voice.languages):
-                return voice
+        candidates = [default, *(v for v in self._voices.values() if v is not default)]
+
+        def rank(voice: Voice) -> int | None:
+            exact = [code.replace("-", "_").lower() == wanted for code in voice.languages]
+            same = [language_code(code) == family for code in voice.languages]
+            for score, hits in enumerate((exact[:1], same[:1], exact, same)):
+                if any(hits):
+                    return score
+            return None
+
+        ranked = [(score, i) for i, v in enumerate(candidates) if (score := rank(v)) is not None]
+        if ranked:
+            return candidates[min(ranked)[1]]
         installed = ", ".join(
             f"{voice.name} ({'/'.join(voice.languages)})" for voice in self._voices.values()
         )

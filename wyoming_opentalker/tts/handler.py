@@ -104,7 +104,12 @@ class TtsHandler(Handler):
         chunks = chunk_text(text, self.service.settings.qwen_tts_chunk_size)
         if not chunks:
             raise EngineError("the text has nothing to speak (no letters or digits)", "no-text")
-        _LOGGER.debug("Synthesizing %d chunk(s) with %s", len(chunks), choice.voice)
+        _LOGGER.info(
+            "Synthesizing %d characters in %d chunk(s) with %s",
+            len(text),
+            len(chunks),
+            choice.voice,
+        )
         await self._speak(_iterate(chunks), choice)
 
     async def _on_stream_start(self, event: Event) -> None:
