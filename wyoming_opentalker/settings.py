@@ -59,6 +59,7 @@ class Settings:
     qwen_tts_chunk_size: int = 200
     qwen_tts_speaker: str | None = None
     qwen_tts_stream_window: int = 8
+    tts_dtype: str = "auto"
     qwen_tts_max_new_tokens: int | None = None
     # Limits
     max_event_bytes: int = 4 * 1024 * 1024
@@ -292,6 +293,13 @@ OPTIONS: tuple[Option, ...] = (
         "QWEN_TTS_STREAM_WINDOW",
         _int_at_least(0),
         "Qwen3-TTS: decode audio every N codec frames (80 ms each) while generating; 0 = off",
+    ),
+    Option(
+        "tts_dtype",
+        "--tts-dtype",
+        "TTS_DTYPE",
+        _choice(("auto", "float16", "bfloat16", "float32")),
+        "Qwen3-TTS talker precision (auto: bf16 on sm_80+, FP16 on sm_70+, else FP32)",
     ),
     Option(
         "qwen_tts_max_new_tokens",

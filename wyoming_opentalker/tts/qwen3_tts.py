@@ -21,7 +21,7 @@ import numpy as np
 
 from ..audio import fade_edges
 from ..chunking import split_long
-from ..device import Precision, choose_precision, gpu_info
+from ..device import GpuInfo, Precision, PrecisionChoice, choose_precision, gpu_info
 from ..engine import EngineError, EngineInfo, TtsEngine, TtsRequest, Voice
 from ..languages import CODES, NAMES
 from ..models import ModelSource, resolve_model
@@ -99,9 +99,11 @@ def import_qwen_tts() -> bool:
     return "torchaudio" not in placeholders
 
 
-def tts_precision(device: str, gpu: Any) -> Any:
-    """bfloat16 where native (sm_80+), FP16 on Volta/Turing, FP32 on Pascal and the CPU."""
-    return choose_precision(Precision.BF16, device, gpu)
+def tts_precision(device: str, gpu: GpuInfo | None, requested: str = "auto") -> PrecisionChoice:
+    """bfloat16 where native (sm_80+), FP16 on Volta/Turing, FP32 on Pascal and the CPU;
+    ``TTS_DTYPE`` overrides (still subject to what the device can do)."""
+    wanted = Precision.BF16 if requested == "auto" else Precision(requested)
+    return choose_precision(wanted, device, gpu)
 
 
 class Qwen3TtsEngine(TtsEngine):
@@ -122,7 +124,7 @@ class Qwen3TtsEngine(TtsEngine):
             endpoint=settings.hf_endpoint,
             local_files_only=settings.local_files_only,
         )
-        choice = tts_precision(device, gpu_info(device))
+        choice = tts_precision(device, gpu_info(device), settings.tts_dtype)
         _LOGGER.info("Qwen3-TTS talker precision: %s (%s)", choice.precision.value, choice.reason)
         self._model = Qwen3TTSModel.from_pretrained(
             str(resolved.path), dtype=getattr(torch, choice.precision.value), device_map=device
