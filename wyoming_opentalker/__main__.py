@@ -51,7 +51,7 @@ async def _start_asr(settings: Settings, device: str) -> Listener:
     return await listen(
         settings.asr_uri,
         functools.partial(AsrHandler, service=service),
-        settings.max_event_bytes,
+        settings,
     )
 
 
@@ -66,7 +66,7 @@ async def _start_tts(settings: Settings, device: str) -> Listener:
     return await listen(
         settings.tts_uri,
         functools.partial(TtsHandler, service=service),
-        settings.max_event_bytes,
+        settings,
     )
 
 
@@ -83,9 +83,8 @@ async def serve(settings: Settings) -> None:
         raise StartupError(_one_line(err)) from err
     _LOGGER.info("Serving: %s", ", ".join(listener.uri for listener in listeners))
     await stop.wait()
-    _LOGGER.info("Shutting down")
-    for listener in listeners:
-        await listener.close()
+    _LOGGER.info("Shutting down (up to %gs for requests in progress)", settings.shutdown_grace)
+    await asyncio.gather(*(listener.close(settings.shutdown_grace) for listener in listeners))
 
 
 def _one_line(err: BaseException) -> str:

@@ -13,10 +13,10 @@ import contextlib
 import json
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 from wyoming.error import Error
@@ -24,8 +24,10 @@ from wyoming.event import Event, async_write_event
 from wyoming.info import Describe
 
 from .engine import EngineError
+from .settings import Settings
 
 _LOGGER = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class ProtocolError(ValueError):
@@ -98,19 +100,28 @@ class Handler(ABC):
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         info_event: Event,
-        max_event_bytes: int,
+        settings: Settings,
     ) -> None:
         self.reader = reader
         self.writer = writer
         self._info_event = info_event
-        self._max_event_bytes = max_event_bytes
+        self.settings = settings
         self.peer = str(writer.get_extra_info("peername") or "local")
 
     async def run(self) -> None:
+        limit = self.settings.max_event_bytes
         try:
             while True:
                 try:
-                    event = await read_event(self.reader, self._max_event_bytes)
+                    async with asyncio.timeout(self.settings.idle_timeout):
+                        event = await read_event(self.reader, limit)
+                except TimeoutError:
+                    _LOGGER.info("Closing %s: idle for %gs", self.peer, self.settings.idle_timeout)
+                    await self.send_error(
+                        f"no complete event for {self.settings.idle_timeout:g} s; closing",
+                        "timeout",
+                    )
+                    break
                 except ProtocolError as err:
                     _LOGGER.warning("Bad input from %s: %s", self.peer, err)
                     await self.send_error(str(err), err.code)
@@ -126,7 +137,7 @@ class Handler(ABC):
                 if not await self._dispatch(event):
                     await self._linger()
                     break
-        except (ConnectionError, asyncio.IncompleteReadError):
+        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
             _LOGGER.debug("Client %s went away", self.peer)
         finally:
             await self.disconnected()
@@ -170,7 +181,33 @@ class Handler(ABC):
         """Called once when the connection ends, for whatever reason."""
 
     async def write_event(self, event: Event) -> None:
-        await async_write_event(event, self.writer)
+        """Send one event; a client that reads nothing for the idle timeout is dropped."""
+        try:
+            async with asyncio.timeout(self.settings.idle_timeout):
+                await async_write_event(event, self.writer)
+        except TimeoutError:
+            self.writer.transport.abort()
+            raise ConnectionResetError(f"{self.peer} stopped reading") from None
+
+    def client_gone(self) -> bool:
+        """True once the client has closed its side and nothing it sent is left unread."""
+        return self.reader.at_eof() or self.reader.exception() is not None
+
+    async def unless_client_leaves(self, work: Awaitable[T]) -> T:
+        """Await ``work``, cancelling it if the client disconnects meanwhile, so a request
+        nobody waits for stops holding its engine slot and memory."""
+        task = asyncio.ensure_future(work)
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=0.05)
+                if done:
+                    return task.result()
+                if self.client_gone():
+                    raise ConnectionResetError(f"{self.peer} left before the answer")
+        finally:
+            if not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
 
     async def send_error(self, text: str, code: str) -> None:
         with contextlib.suppress(ConnectionError, OSError):
@@ -196,8 +233,11 @@ class Listener:
                 return int(addr[1])
         return None
 
-    async def close(self) -> None:
+    async def close(self, grace: float = 0.0) -> None:
+        """Stop accepting, give requests in progress ``grace`` seconds, cancel the rest."""
         self.server.close()
+        if grace > 0 and self.connections:
+            await asyncio.wait(set(self.connections), timeout=grace)
         for task in list(self.connections):
             task.cancel()
         await asyncio.gather(*self.connections, return_exceptions=True)
@@ -208,13 +248,20 @@ class Listener:
             await asyncio.to_thread(Path(parsed.path).unlink, missing_ok=True)
 
 
-async def listen(uri: str, factory: HandlerFactory, max_event_bytes: int) -> Listener:
+async def listen(uri: str, factory: HandlerFactory, settings: Settings) -> Listener:
     """Start accepting connections on ``tcp://host:port`` or ``unix://path``."""
     connections: set[asyncio.Task[None]] = set()
 
     async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
+        if len(connections) >= settings.max_connections:
+            _LOGGER.warning("Refusing a connection: %d already open", len(connections))
+            with contextlib.suppress(ConnectionError, OSError):
+                text = f"server busy: {settings.max_connections} connections open"
+                await async_write_event(Error(text=text, code="busy").event(), writer)
+                writer.close()
+            return
         connections.add(task)
         try:
             await factory(reader, writer).run()
@@ -222,7 +269,7 @@ async def listen(uri: str, factory: HandlerFactory, max_event_bytes: int) -> Lis
             connections.discard(task)
 
     parsed = urlparse(uri)
-    limit = max_event_bytes + 1024
+    limit = settings.max_event_bytes + 1024
     server: asyncio.Server
     if parsed.scheme == "unix":
         path = Path(parsed.path)

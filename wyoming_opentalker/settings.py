@@ -65,6 +65,10 @@ class Settings:
     max_event_bytes: int = 4 * 1024 * 1024
     max_audio_seconds: float = 300.0
     max_text_chars: int = 50_000
+    idle_timeout: float = 60.0
+    max_connections: int = 64
+    max_queue: int = 32
+    shutdown_grace: float = 10.0
 
 
 # --- value parsers: each takes the raw string and returns the typed value or raises ValueError
@@ -328,6 +332,34 @@ OPTIONS: tuple[Option, ...] = (
         "MAX_TEXT_CHARS",
         _int_at_least(1),
         "longest TTS text accepted",
+    ),
+    Option(
+        "idle_timeout",
+        "--idle-timeout",
+        "IDLE_TIMEOUT_SECONDS",
+        _float_above(0, inclusive=False),
+        "close a connection that sends or reads nothing for this long",
+    ),
+    Option(
+        "max_connections",
+        "--max-connections",
+        "MAX_CONNECTIONS",
+        _int_at_least(1),
+        "most simultaneous connections per server",
+    ),
+    Option(
+        "max_queue",
+        "--max-queue",
+        "MAX_QUEUE_DEPTH",
+        _int_at_least(1),
+        "most requests waiting for one engine before new ones are turned away",
+    ),
+    Option(
+        "shutdown_grace",
+        "--shutdown-grace",
+        "SHUTDOWN_GRACE_SECONDS",
+        _float_above(0, inclusive=True),
+        "how long SIGTERM waits for requests in progress",
     ),
 )
 _BY_NAME = {option.name: option for option in OPTIONS}

@@ -106,6 +106,11 @@ class AsrService:
         if self._queue is None:
             self._queue = asyncio.Queue()
             self._loop_task = asyncio.create_task(self._batch_loop(self._queue))
+        if self._queue.qsize() >= self.settings.max_queue:
+            raise EngineError(
+                f"speech-to-text is busy ({self._queue.qsize()} requests waiting); try again",
+                "busy",
+            )
         future: asyncio.Future[AsrResult] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Job(request, future))
         return await future  # cancelled with the client: the job is then skipped

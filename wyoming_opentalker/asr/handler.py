@@ -35,7 +35,7 @@ class AsrHandler(Handler):
     def __init__(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, service: AsrService
     ) -> None:
-        super().__init__(reader, writer, service.info_event, service.settings.max_event_bytes)
+        super().__init__(reader, writer, service.info_event, service.settings)
         self.service = service
         self._language: str | None = None
         self._hints: tuple[str, ...] = ()
@@ -120,7 +120,9 @@ class AsrHandler(Handler):
             await self.send_error("no audio was received before audio-stop", "no-audio")
             return True
         started = time.monotonic()
-        result = await self.service.transcribe(AsrRequest(audio, language, hints))
+        result = await self.unless_client_leaves(
+            self.service.transcribe(AsrRequest(audio, language, hints))
+        )
         _LOGGER.info(
             "Transcribed %.1f s of audio in %.3f s: %s",
             audio.size / self.service.engine.sample_rate,

@@ -101,6 +101,7 @@ class TtsService:
     settings: Settings
     worker: InferenceWorker = field(default_factory=lambda: InferenceWorker("tts"))
     chunks_synthesized: int = 0
+    active_requests: int = 0
 
     def __post_init__(self) -> None:
         self.info_event: Event = self._build_info().event()
@@ -201,6 +202,12 @@ class TtsService:
         """Audio for a sequence of chunks, pipelined: chunk k+1 is synthesised while
         chunk k is being sent, and each piece is yielded the moment the engine makes it.
         """
+        if self.active_requests >= self.settings.max_queue:
+            raise EngineError(
+                f"text-to-speech is busy ({self.active_requests} requests in progress); try again",
+                "busy",
+            )
+        self.active_requests += 1
         pipe = AudioPipe(asyncio.get_running_loop())
         producer = asyncio.create_task(self._produce(texts, choice, pipe))
         try:
@@ -208,6 +215,7 @@ class TtsService:
                 yield piece
             await producer
         finally:
+            self.active_requests -= 1
             producer.cancel()
             await asyncio.gather(producer, return_exceptions=True)
 

@@ -61,7 +61,7 @@ class TtsHandler(Handler):
     def __init__(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, service: TtsService
     ) -> None:
-        super().__init__(reader, writer, service.info_event, service.settings.max_event_bytes)
+        super().__init__(reader, writer, service.info_event, service.settings)
         self.service = service
         self._stream: _Stream | None = None
 
@@ -175,7 +175,11 @@ class TtsHandler(Handler):
         samples = 0
         audio = self.service.synthesize(texts, choice)
         try:
-            async for piece in audio:
+            while True:
+                try:  # waiting for a chunk can be long: notice a client that leaves
+                    piece = await self.unless_client_leaves(anext(audio))
+                except StopAsyncIteration:
+                    break
                 if first_audio is None:
                     first_audio = time.monotonic() - started
                     await self.write_event(AudioStart(rate=rate, width=2, channels=1).event())
