@@ -121,6 +121,7 @@ class Handler(ABC):
                         f"no complete event for {self.settings.idle_timeout:g} s; closing",
                         "timeout",
                     )
+                    await self._linger()
                     break
                 except ProtocolError as err:
                     _LOGGER.warning("Bad input from %s: %s", self.peer, err)
@@ -190,8 +191,10 @@ class Handler(ABC):
             raise ConnectionResetError(f"{self.peer} stopped reading") from None
 
     def client_gone(self) -> bool:
-        """True once the client has closed its side and nothing it sent is left unread."""
-        return self.reader.at_eof() or self.reader.exception() is not None
+        """True once the connection was reset. A plain end of input (FIN) is not enough:
+        a client may half-close after its request and still read the answer; a client
+        that really left is noticed at the next write instead."""
+        return self.reader.exception() is not None
 
     async def unless_client_leaves(self, work: Awaitable[T]) -> T:
         """Await ``work``, cancelling it if the client disconnects meanwhile, so a request
