@@ -149,8 +149,8 @@ class Qwen3TtsEngine(TtsEngine):
                 f"speaker {wanted!r} is not in this model (have: {', '.join(by_lower.values())})"
             )
         self._default = by_lower[wanted.lower()] if wanted else self._voices[0].name
-        inner: Any = self._model.model
-        weights = sum(p.numel() * p.element_size() for p in inner.parameters())
+        modules: list[Any] = [self._model.model, self._codec]  # the codec is not a submodule
+        weights = sum(p.numel() * p.element_size() for m in modules for p in m.parameters())
         import qwen_tts
 
         self._info = EngineInfo(
