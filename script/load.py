@@ -42,7 +42,8 @@ class Level:
     clients: int
     latencies: list[float] = field(default_factory=list)
     describe: list[float] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # wrong, lost or failed answers
+    busy: int = 0  # deliberate refusals past MAX_QUEUE_DEPTH (error code "busy")
     wall: float = 0.0
 
 
@@ -82,7 +83,10 @@ async def run_level(asr: int, tts: int, clients: int, total: int, refs: dict) ->
                     ):
                         level.errors.append(f"tts {sentence!r}: {speech.types} {speech.seconds}")
             except Exception as err:  # counted, never fatal to the run
-                level.errors.append(f"{type(err).__name__}: {err}")
+                if "'code': 'busy'" in str(err):
+                    level.busy += 1
+                else:
+                    level.errors.append(f"{type(err).__name__}: {err}")
             level.latencies.append(time.monotonic() - started)
 
     async def prober() -> None:
@@ -131,7 +135,7 @@ def main() -> None:
             server.stop()
     print(
         f"{'clients':>7} {'requests':>8} {'req/s':>7} {'p50 s':>7} {'p95 s':>7} {'p99 s':>7} "
-        f"{'describe p95 ms':>15} {'errors':>6} {'RSS MiB':>8}"
+        f"{'describe p95 ms':>15} {'busy':>5} {'wrong/lost':>10} {'RSS MiB':>8}"
     )
     for level, rss in levels:
         print(
@@ -139,13 +143,15 @@ def main() -> None:
             f"{len(level.latencies) / level.wall:>7.2f} "
             f"{percentile(level.latencies, 0.5):>7.3f} {percentile(level.latencies, 0.95):>7.3f} "
             f"{percentile(level.latencies, 0.99):>7.3f} "
-            f"{percentile(level.describe, 0.95) * 1000:>15.1f} {len(level.errors):>6} "
+            f"{percentile(level.describe, 0.95) * 1000:>15.1f} {level.busy:>5} "
+            f"{len(level.errors):>10} "
             f"{rss / 2**20:>8.0f}"
         )
         for error in level.errors[:5]:
             print(f"    {error}")
     print(f"server RSS before the load: {rss_before / 2**20:.0f} MiB")
-    print("Every answer was checked against its own request (ASR text, TTS audio length).")
+    print("Every answer was checked against its own request (ASR text, TTS audio length);")
+    print("busy: refused with error code 'busy' past MAX_QUEUE_DEPTH (32), by design.")
 
 
 if __name__ == "__main__":

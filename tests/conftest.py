@@ -28,6 +28,7 @@ class Server:
     process: subprocess.Popen[bytes]
     ports: dict[str, int]
     log: Path
+    engines: str = "cpu"  # "qwen" when started with the tiny Qwen checkpoints
 
     @property
     def asr(self) -> int:
