@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from .device import resolve_device
 from .engine import EngineError
 from .models import ModelError
-from .server import Listener, listen
+from .server import HandlerFactory, Listener, listen
 from .settings import Settings, SettingsError, describe_settings, load_settings
 
 _LOGGER = logging.getLogger("wyoming_opentalker")
@@ -29,10 +29,8 @@ async def start_services(settings: Settings) -> list[Listener]:
     device = resolve_device(settings.device)
     listeners: list[Listener] = []
     try:
-        if "asr" in settings.services:
-            listeners.append(await _start_asr(settings, device))
-        if "tts" in settings.services:
-            listeners.append(await _start_tts(settings, device))
+        for kind in settings.services:
+            listeners.append(await _start(kind, settings, device))
     except BaseException:
         for listener in listeners:
             await listener.close()
@@ -40,34 +38,26 @@ async def start_services(settings: Settings) -> list[Listener]:
     return listeners
 
 
-async def _start_asr(settings: Settings, device: str) -> Listener:
+async def _start(kind: str, settings: Settings, device: str) -> Listener:
+    """Load one service's engine on a worker thread, then serve it."""
     from .asr import AsrService, load_asr_engine
     from .asr.handler import AsrHandler
-
-    started = time.monotonic()
-    engine = await asyncio.to_thread(load_asr_engine, settings, device)
-    _LOGGER.info("ASR ready in %.1f s: %s", time.monotonic() - started, engine.info.summary())
-    service = AsrService(engine, settings)
-    return await listen(
-        settings.asr_uri,
-        functools.partial(AsrHandler, service=service),
-        settings,
-    )
-
-
-async def _start_tts(settings: Settings, device: str) -> Listener:
     from .tts import TtsService, load_tts_engine
     from .tts.handler import TtsHandler
 
     started = time.monotonic()
-    engine = await asyncio.to_thread(load_tts_engine, settings, device)
-    _LOGGER.info("TTS ready in %.1f s: %s", time.monotonic() - started, engine.info.summary())
-    service = TtsService(engine, settings)
-    return await listen(
-        settings.tts_uri,
-        functools.partial(TtsHandler, service=service),
-        settings,
-    )
+    factory: HandlerFactory
+    if kind == "asr":
+        asr_engine = await asyncio.to_thread(load_asr_engine, settings, device)
+        info = asr_engine.info
+        factory = functools.partial(AsrHandler, service=AsrService(asr_engine, settings))
+    else:
+        tts_engine = await asyncio.to_thread(load_tts_engine, settings, device)
+        info = tts_engine.info
+        factory = functools.partial(TtsHandler, service=TtsService(tts_engine, settings))
+    _LOGGER.info("%s ready in %.1f s: %s", kind.upper(), time.monotonic() - started, info.summary())
+    uri = settings.asr_uri if kind == "asr" else settings.tts_uri
+    return await listen(uri, factory, settings)
 
 
 async def serve(settings: Settings) -> None:

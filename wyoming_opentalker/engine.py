@@ -33,6 +33,10 @@ class EngineError(RuntimeError):
         self.code = code
 
 
+PROGRAM_NAME = "wyoming-opentalker"
+PROGRAM_URL = "https://github.com/wyoming-opentalker"
+
+
 @dataclass(frozen=True)
 class EngineInfo:
     """What an engine reports about itself: logged at start-up, shown in ``info``."""

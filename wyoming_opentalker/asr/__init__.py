@@ -11,7 +11,15 @@ from wyoming.event import Event
 from wyoming.info import AsrModel, AsrProgram, Attribution, Info
 
 from .. import __version__
-from ..engine import AsrEngine, AsrRequest, AsrResult, EngineError, InferenceWorker
+from ..engine import (
+    PROGRAM_NAME,
+    PROGRAM_URL,
+    AsrEngine,
+    AsrRequest,
+    AsrResult,
+    EngineError,
+    InferenceWorker,
+)
 from ..languages import language_code
 from ..settings import Settings
 
@@ -74,10 +82,8 @@ class AsrService:
             languages=list(self.engine.languages),
         )
         program = AsrProgram(
-            name="wyoming-opentalker",
-            attribution=Attribution(
-                name="wyoming-opentalker", url="https://github.com/wyoming-opentalker"
-            ),
+            name=PROGRAM_NAME,
+            attribution=Attribution(name=PROGRAM_NAME, url=PROGRAM_URL),
             installed=True,
             description=f"Speech to text with {info.engine}",
             version=__version__,

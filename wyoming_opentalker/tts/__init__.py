@@ -14,6 +14,8 @@ from wyoming.info import Attribution, Info, TtsProgram, TtsVoice, TtsVoiceSpeake
 
 from .. import __version__
 from ..engine import (
+    PROGRAM_NAME,
+    PROGRAM_URL,
     EngineError,
     InferenceWorker,
     TtsEngine,
@@ -123,10 +125,8 @@ class TtsService:
             for voice in self._default_first(self.engine.voices)
         ]
         program = TtsProgram(
-            name="wyoming-opentalker",
-            attribution=Attribution(
-                name="wyoming-opentalker", url="https://github.com/wyoming-opentalker"
-            ),
+            name=PROGRAM_NAME,
+            attribution=Attribution(name=PROGRAM_NAME, url=PROGRAM_URL),
             installed=True,
             description=f"Text to speech with {info.engine}",
             version=__version__,
