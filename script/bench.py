@@ -25,23 +25,20 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from wyoming_opentalker.client import describe, synthesize, synthesize_streaming, transcribe
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.conftest import free_port as _free_port  # noqa: E402
+from tests.test_tts_server import SENTENCES as ALL_SENTENCES  # noqa: E402
+from wyoming_opentalker.client import (  # noqa: E402
+    describe,
+    synthesize,
+    synthesize_streaming,
+    transcribe,
+)
+
 SPEECH = Path("/usr/share/pocketsphinx/test/data")
-SENTENCES = [
-    "The kitchen lights are now on.",
-    "It is twenty degrees in the living room.",
-    "Your timer for ten minutes has started.",
-    "The front door is locked.",
-    "Tomorrow will be sunny with a light breeze.",
-]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+SENTENCES = ALL_SENTENCES[:5]  # the same home-automation answers the tests speak
 
 
 @dataclass
