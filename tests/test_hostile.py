@@ -80,21 +80,6 @@ async def _raw(port: int, data: bytes, *, half_close: bool = False, wait: float 
         writer.close()
 
 
-def _error_codes(answer: bytes) -> list[str]:
-    codes = []
-    for line in answer.split(b"\n"):
-        try:
-            header = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(header, dict) and header.get("type") == "error":
-            codes.append("?")
-    # data lives after the header line; pull codes out of the JSON bodies
-    for fragment in answer.split(b'"code": "')[1:]:
-        codes[-1:] = [fragment.split(b'"')[0].decode()] if codes else []
-    return codes
-
-
 def _heard_right(server: Server, text: str) -> bool:
     """Real speech must be understood; a random-weight Qwen model only has to answer."""
     return server.engines == "qwen" or normalize(text) == "go forward ten meters"
@@ -275,10 +260,10 @@ async def _odd_pcm(s: Server) -> None:
 async def _ten_minutes(s: Server) -> None:
     async with Connection(s.asr) as conn:
         await conn.send(AudioStart(16000, 2, 1).event())
-        minute = _audio(10)
+        ten_seconds = _audio(10)
         try:
             for _ in range(60):
-                await conn.send(AudioChunk(16000, 2, 1, minute).event())
+                await conn.send(AudioChunk(16000, 2, 1, ten_seconds).event())
         except ConnectionError:
             pass
         event = await conn.read(10)

@@ -26,7 +26,7 @@ class StartupError(RuntimeError):
 
 async def start_services(settings: Settings) -> list[Listener]:
     """Load the configured engines (off the event loop) and start listening."""
-    device = resolve_device(settings.device)
+    device = await asyncio.to_thread(resolve_device, settings.device)  # may run nvidia-smi
     listeners: list[Listener] = []
     try:
         for kind in settings.services:

@@ -19,6 +19,7 @@ import subprocess
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
+from typing import Any
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -167,6 +168,11 @@ def _nvidia_smi_info(index: int) -> GpuInfo | None:
     except (OSError, ValueError, subprocess.SubprocessError) as err:
         _LOGGER.debug("nvidia-smi gave no GPU information: %s", err)
         return None
+
+
+def weight_bytes(*modules: Any) -> int:
+    """Memory held by the parameters of torch modules, at their current precision."""
+    return sum(p.numel() * p.element_size() for module in modules for p in module.parameters())
 
 
 def default_asr_batch_size(gpu: GpuInfo | None) -> int:

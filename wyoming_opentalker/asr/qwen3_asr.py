@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
 
 from ..device import (
     GpuInfo,
@@ -18,6 +17,7 @@ from ..device import (
     choose_precision,
     default_asr_batch_size,
     gpu_info,
+    weight_bytes,
 )
 from ..engine import AsrEngine, AsrRequest, AsrResult, EngineError, EngineInfo
 from ..languages import CODES, language_name
@@ -73,8 +73,7 @@ class Qwen3AsrEngine(AsrEngine):
             self._model.get_supported_languages()
         )
         self._languages = [CODES[name.lower()] for name in supported if name.lower() in CODES]
-        inner: Any = self._model.model
-        weights = sum(p.numel() * p.element_size() for p in inner.parameters())
+        weights = weight_bytes(self._model.model)
         import qwen_asr
 
         self._info = EngineInfo(

@@ -21,7 +21,14 @@ import numpy as np
 
 from ..audio import fade_edges
 from ..chunking import split_long
-from ..device import GpuInfo, Precision, PrecisionChoice, choose_precision, gpu_info
+from ..device import (
+    GpuInfo,
+    Precision,
+    PrecisionChoice,
+    choose_precision,
+    gpu_info,
+    weight_bytes,
+)
 from ..engine import EngineError, EngineInfo, TtsEngine, TtsRequest, Voice
 from ..languages import CODES, NAMES
 from ..models import ModelSource, resolve_model
@@ -149,8 +156,7 @@ class Qwen3TtsEngine(TtsEngine):
                 f"speaker {wanted!r} is not in this model (have: {', '.join(by_lower.values())})"
             )
         self._default = by_lower[wanted.lower()] if wanted else self._voices[0].name
-        modules: list[Any] = [self._model.model, self._codec]  # the codec is not a submodule
-        weights = sum(p.numel() * p.element_size() for m in modules for p in m.parameters())
+        weights = weight_bytes(self._model.model, self._codec)  # codec: not a submodule
         import qwen_tts
 
         self._info = EngineInfo(
