@@ -114,3 +114,27 @@ def test_bad_value_exits_2_with_one_line() -> None:
         "wyoming-opentalker: error: QWEN_ASR_MAX_BATCH_SIZE='abc' is invalid: "
         "expected a whole number"
     )
+
+
+def test_http_api_settings(tmp_path: Path) -> None:
+    assert Settings().http_enabled is False  # off unless asked for
+    settings = load_settings(
+        ["--http", "--http-port", "8001, 8002,8001"],
+        {"HTTP_API_KEY": "s3cret", "HTTP_HOST": "[::1]"},
+    )
+    assert settings.http_enabled and settings.http_port == (8001, 8002)
+    assert settings.http_host == "::1" and settings.http_api_key == "s3cret"
+    options = tmp_path / "options.json"
+    options.write_text(json.dumps({"http_enabled": True, "http_port": 9000}))
+    from_file = load_settings(["--options-file", str(options)], {})
+    assert from_file.http_enabled and from_file.http_port == (9000,)
+    for bad in ("0", "http", "", "70000"):
+        with pytest.raises(SettingsError, match="HTTP_PORT"):
+            load_settings([], {"HTTP_PORT": bad} if bad else {"HTTP_PORT": ","})
+
+
+def test_the_api_key_never_reaches_the_log() -> None:
+    from wyoming_opentalker.settings import describe_settings
+
+    line = describe_settings(load_settings(["--http-api-key", "s3cret"], {}))
+    assert "s3cret" not in line and "http_api_key=<hidden>" in line

@@ -10,12 +10,19 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
+from .asr import AsrService, load_asr_engine
 from .device import resolve_device
 from .engine import EngineError
 from .models import ModelError
 from .server import HandlerFactory, Listener, listen
 from .settings import Settings, SettingsError, describe_settings, load_settings
+from .tts import TtsService, load_tts_engine
+
+if TYPE_CHECKING:
+    from .openai_api import OpenAiApi
 
 _LOGGER = logging.getLogger("wyoming_opentalker")
 
@@ -24,40 +31,65 @@ class StartupError(RuntimeError):
     """Anything that stops the program before it serves; printed as one line."""
 
 
-async def start_services(settings: Settings) -> list[Listener]:
+@dataclass
+class Running:
+    """What one process serves: each service once, and every way to reach it."""
+
+    services: dict[str, AsrService | TtsService]
+    listeners: list[Listener] = field(default_factory=list)
+    http: OpenAiApi | None = None
+
+    async def close(self, grace: float = 0.0) -> None:
+        closing = [listener.close(grace) for listener in self.listeners]
+        if self.http is not None:
+            closing.append(self.http.close())
+        await asyncio.gather(*closing)
+
+
+async def start_services(settings: Settings) -> Running:
     """Load the configured engines (off the event loop) and start listening."""
     device = await asyncio.to_thread(resolve_device, settings.device)  # may run nvidia-smi
-    listeners: list[Listener] = []
+    running = Running({})
     try:
         for kind in settings.services:
-            listeners.append(await _start(kind, settings, device))
+            running.services[kind] = await _load(kind, settings, device)
+        for kind, service in running.services.items():
+            uri = settings.asr_uri if kind == "asr" else settings.tts_uri
+            running.listeners.append(await listen(uri, _handlers(service), settings))
+        if settings.http_enabled:
+            from .openai_api import OpenAiApi
+
+            asr, tts = running.services.get("asr"), running.services.get("tts")
+            assert asr is None or isinstance(asr, AsrService)
+            assert tts is None or isinstance(tts, TtsService)
+            running.http = OpenAiApi(settings, asr, tts, device)
+            await running.http.start()
     except BaseException:
-        for listener in listeners:
-            await listener.close()
+        await running.close()
         raise
-    return listeners
+    return running
 
 
-async def _start(kind: str, settings: Settings, device: str) -> Listener:
-    """Load one service's engine on a worker thread, then serve it."""
-    from .asr import AsrService, load_asr_engine
+async def _load(kind: str, settings: Settings, device: str) -> AsrService | TtsService:
+    """Load one service's engine on a worker thread."""
+    started = time.monotonic()
+    service: AsrService | TtsService
+    if kind == "asr":
+        service = AsrService(await asyncio.to_thread(load_asr_engine, settings, device), settings)
+    else:
+        service = TtsService(await asyncio.to_thread(load_tts_engine, settings, device), settings)
+    info = service.engine.info
+    _LOGGER.info("%s ready in %.1f s: %s", kind.upper(), time.monotonic() - started, info.summary())
+    return service
+
+
+def _handlers(service: AsrService | TtsService) -> HandlerFactory:
     from .asr.handler import AsrHandler
-    from .tts import TtsService, load_tts_engine
     from .tts.handler import TtsHandler
 
-    started = time.monotonic()
-    factory: HandlerFactory
-    if kind == "asr":
-        asr_engine = await asyncio.to_thread(load_asr_engine, settings, device)
-        info = asr_engine.info
-        factory = functools.partial(AsrHandler, service=AsrService(asr_engine, settings))
-    else:
-        tts_engine = await asyncio.to_thread(load_tts_engine, settings, device)
-        info = tts_engine.info
-        factory = functools.partial(TtsHandler, service=TtsService(tts_engine, settings))
-    _LOGGER.info("%s ready in %.1f s: %s", kind.upper(), time.monotonic() - started, info.summary())
-    uri = settings.asr_uri if kind == "asr" else settings.tts_uri
-    return await listen(uri, factory, settings)
+    if isinstance(service, AsrService):
+        return functools.partial(AsrHandler, service=service)
+    return functools.partial(TtsHandler, service=service)
 
 
 async def serve(settings: Settings) -> None:
@@ -68,13 +100,15 @@ async def serve(settings: Settings) -> None:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     try:
-        listeners = await start_services(settings)
+        running = await start_services(settings)
     except (ModelError, EngineError, OSError, ValueError, ImportError) as err:
         raise StartupError(_one_line(err)) from err
-    _LOGGER.info("Serving: %s", ", ".join(listener.uri for listener in listeners))
+    urls = [listener.uri for listener in running.listeners]
+    urls += running.http.urls if running.http is not None else []
+    _LOGGER.info("Serving: %s", ", ".join(urls))
     await stop.wait()
     _LOGGER.info("Shutting down (up to %gs for requests in progress)", settings.shutdown_grace)
-    await asyncio.gather(*(listener.close(settings.shutdown_grace) for listener in listeners))
+    await running.close(settings.shutdown_grace)
 
 
 def _one_line(err: BaseException) -> str:

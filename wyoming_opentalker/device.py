@@ -175,6 +175,33 @@ def weight_bytes(*modules: Any) -> int:
     return sum(p.numel() * p.element_size() for module in modules for p in module.parameters())
 
 
+def memory_report(device: str) -> dict[str, Any]:
+    """Process and GPU memory now, for health checks (GPU figures only once torch runs)."""
+    import resource
+    import sys
+
+    report: dict[str, Any] = {
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    }
+    try:
+        with open("/proc/self/statm", encoding="ascii") as statm:
+            report["rss_bytes"] = int(statm.read().split()[1]) * resource.getpagesize()
+    except (OSError, ValueError, IndexError):
+        pass
+    torch = sys.modules.get("torch")
+    if device.startswith("cuda") and torch is not None and torch.cuda.is_initialized():
+        index = _cuda_index(device)
+        free, total = torch.cuda.mem_get_info(index)
+        report["gpu"] = {
+            "allocated_bytes": int(torch.cuda.memory_allocated(index)),
+            "reserved_bytes": int(torch.cuda.memory_reserved(index)),
+            "peak_allocated_bytes": int(torch.cuda.max_memory_allocated(index)),
+            "free_bytes": int(free),
+            "total_bytes": int(total),
+        }
+    return report
+
+
 def default_asr_batch_size(gpu: GpuInfo | None) -> int:
     """SPEC §2: 4 on a 4 GB card, up to 16 on 24 GB; the CPU gains nothing past 4."""
     if gpu is None:

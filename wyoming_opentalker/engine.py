@@ -69,12 +69,23 @@ class AsrRequest:
     audio: np.ndarray
     language: str | None = None  # a code from AsrEngine.languages, or None to detect
     hints: tuple[str, ...] = ()  # names and terms that should bias recognition
+    timestamps: bool = False  # ask for timed segments (subtitles); engines may ignore it
+
+
+@dataclass(frozen=True)
+class AsrSegment:
+    """A stretch of the transcript with its place in the audio, in seconds."""
+
+    start: float
+    end: float
+    text: str
 
 
 @dataclass(frozen=True)
 class AsrResult:
     text: str
     language: str | None = None
+    segments: tuple[AsrSegment, ...] = ()  # only from engines that time their output
 
 
 class AsrEngine(ABC):

@@ -69,6 +69,12 @@ class Settings:
     max_connections: int = 64
     max_queue: int = 32
     shutdown_grace: float = 10.0
+    # OpenAI-style HTTP API on the same loaded models
+    http_enabled: bool = False
+    http_host: str = "0.0.0.0"
+    http_port: tuple[int, ...] = (8001,)
+    http_api_key: str | None = None
+    http_max_upload_mb: float = 25.0
 
 
 # --- value parsers: each takes the raw string and returns the typed value or raises ValueError
@@ -156,6 +162,30 @@ def _services(raw: str) -> tuple[str, ...]:
 
 def _list(raw: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _ports(raw: str) -> tuple[int, ...]:
+    ports: list[int] = []
+    for part in raw.split(","):
+        if not part.strip():
+            continue
+        try:
+            port = int(part.strip())
+        except ValueError:
+            raise ValueError("expected port numbers, comma-separated") from None
+        if not 1 <= port <= 65535:
+            raise ValueError(f"port {port} is outside 1-65535")
+        ports.append(port)
+    if not ports:
+        raise ValueError("expected at least one port")
+    return tuple(dict.fromkeys(ports))
+
+
+def _host(raw: str) -> str:
+    value = raw.strip().strip("[]")
+    if not value or any(char.isspace() for char in value):
+        raise ValueError("expected a host name or address")
+    return value
 
 
 def _text(raw: str) -> str | None:
@@ -361,6 +391,36 @@ OPTIONS: tuple[Option, ...] = (
         _float_above(0, inclusive=True),
         "how long SIGTERM waits for requests in progress",
     ),
+    Option(
+        "http_enabled",
+        "--http",
+        "HTTP_ENABLED",
+        _bool,
+        "also serve the OpenAI-style HTTP API (/v1/audio/transcriptions, /v1/audio/speech)",
+        is_flag=True,
+    ),
+    Option("http_host", "--http-host", "HTTP_HOST", _host, "where the HTTP API listens"),
+    Option(
+        "http_port",
+        "--http-port",
+        "HTTP_PORT",
+        _ports,
+        "HTTP API port(s), comma-separated; each serves the whole API (e.g. 8001,8002)",
+    ),
+    Option(
+        "http_api_key",
+        "--http-api-key",
+        "HTTP_API_KEY",
+        _text,
+        "require this bearer token on the HTTP API (default: no token)",
+    ),
+    Option(
+        "http_max_upload_mb",
+        "--http-max-upload-mb",
+        "HTTP_MAX_UPLOAD_MB",
+        _float_above(0, inclusive=False),
+        "largest HTTP upload accepted, in MB",
+    ),
 )
 _BY_NAME = {option.name: option for option in OPTIONS}
 
@@ -490,11 +550,14 @@ def _check_uris(settings: Settings) -> None:
         raise SettingsError(f"ASR and TTS cannot both listen on {settings.asr_uri}")
 
 
+_SECRETS = frozenset({"http_api_key"})
+
+
 def describe_settings(settings: Settings) -> str:
     """One log line with every non-default setting (for support requests)."""
     default = Settings()
     changed = [
-        f"{f.name}={getattr(settings, f.name)!r}"
+        f"{f.name}={'<hidden>' if f.name in _SECRETS else repr(getattr(settings, f.name))}"
         for f in fields(settings)
         if getattr(settings, f.name) != getattr(default, f.name)
     ]

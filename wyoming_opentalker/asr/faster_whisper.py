@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..device import choose_ct2_compute_type, gpu_info
-from ..engine import AsrEngine, AsrRequest, AsrResult, EngineInfo
+from ..engine import AsrEngine, AsrRequest, AsrResult, AsrSegment, EngineInfo
 from ..models import ModelSource, resolve_model
 from ..settings import Settings
 
@@ -107,8 +107,20 @@ class FasterWhisperEngine(AsrEngine):
             beam_size=self._beam_size,
             initial_prompt=prompt,
             hotwords=", ".join(hints) if hints else None,
-            without_timestamps=True,
+            without_timestamps=not request.timestamps,
             condition_on_previous_text=False,
         )
-        text = " ".join(segment.text.strip() for segment in segments).strip()
-        return AsrResult(text=text, language=info.language)
+        pieces = [(segment.start, segment.end, segment.text.strip()) for segment in segments]
+        text = " ".join(piece for _, _, piece in pieces if piece).strip()
+        timed: tuple[AsrSegment, ...] = ()
+        if request.timestamps:
+            duration = request.audio.size / self.sample_rate
+            offset = EDGE_PADDING_SECONDS  # times are reported in the caller's audio
+
+            def place(seconds: float) -> float:
+                return round(min(max(seconds - offset, 0.0), duration), 3)
+
+            timed = tuple(
+                AsrSegment(place(start), place(end), piece) for start, end, piece in pieces if piece
+            )
+        return AsrResult(text=text, language=info.language, segments=timed)
