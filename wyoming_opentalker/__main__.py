@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import signal
 import sys
 import time
@@ -13,13 +14,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .asr import AsrService, load_asr_engine
-from .device import resolve_device
+from .asr import AsrService, asr_memory_need, load_asr_engine
+from .device import gpu_info, resolve_device
+from .discovery import Endpoint, ZeroconfAdvertiser, announce_to_supervisor
 from .engine import EngineError
+from .memory import InsufficientGpuMemory, MemoryPlan, check_plan, suggestions
 from .models import ModelError
 from .server import HandlerFactory, Listener, listen
 from .settings import Settings, SettingsError, describe_settings, load_settings
-from .tts import TtsService, load_tts_engine
+from .tts import TtsService, load_tts_engine, tts_memory_need
 
 if TYPE_CHECKING:
     from .openai_api import OpenAiApi
@@ -38,8 +41,14 @@ class Running:
     services: dict[str, AsrService | TtsService]
     listeners: list[Listener] = field(default_factory=list)
     http: OpenAiApi | None = None
+    zeroconf: ZeroconfAdvertiser | None = None
+    announcing: asyncio.Task[list[str]] | None = None
 
     async def close(self, grace: float = 0.0) -> None:
+        if self.announcing is not None:
+            self.announcing.cancel()
+        if self.zeroconf is not None:  # withdraw first: nobody should connect any more
+            await self.zeroconf.close()
         closing = [listener.close(grace) for listener in self.listeners]
         if self.http is not None:
             closing.append(self.http.close())
@@ -49,6 +58,8 @@ class Running:
 async def start_services(settings: Settings) -> Running:
     """Load the configured engines (off the event loop) and start listening."""
     device = await asyncio.to_thread(resolve_device, settings.device)  # may run nvidia-smi
+    if device.startswith("cuda") and settings.memory_check:
+        await asyncio.to_thread(plan_gpu_memory, settings, device)
     running = Running({})
     try:
         for kind in settings.services:
@@ -64,10 +75,35 @@ async def start_services(settings: Settings) -> Running:
             assert tts is None or isinstance(tts, TtsService)
             running.http = OpenAiApi(settings, asr, tts, device)
             await running.http.start()
+        endpoints = [
+            Endpoint(kind, listener.uri, listener.port)
+            for kind, listener in zip(running.services, running.listeners, strict=True)
+        ]
+        if settings.zeroconf:
+            running.zeroconf = ZeroconfAdvertiser(settings)
+            await running.zeroconf.start(endpoints)
+        token = os.environ.get("SUPERVISOR_TOKEN")
+        if token:  # running as a Home Assistant add-on
+            running.announcing = asyncio.create_task(announce_to_supervisor(endpoints, token))
     except BaseException:
         await running.close()
         raise
     return running
+
+
+def plan_gpu_memory(settings: Settings, device: str) -> MemoryPlan | None:
+    """Estimate what the configured models need and stop now if the GPU cannot hold it."""
+    gpu = gpu_info(device)
+    if gpu is None:
+        return None
+    needs = []
+    for kind in settings.services:
+        estimate = asr_memory_need if kind == "asr" else tts_memory_need
+        needs.append(estimate(settings, device, gpu))
+    plan = MemoryPlan(tuple(needs), gpu)
+    _LOGGER.info("%s", plan.summary())
+    check_plan(plan, suggestions(settings, plan))
+    return plan
 
 
 async def _load(kind: str, settings: Settings, device: str) -> AsrService | TtsService:
@@ -101,7 +137,14 @@ async def serve(settings: Settings) -> None:
             loop.add_signal_handler(sig, stop.set)
     try:
         running = await start_services(settings)
-    except (ModelError, EngineError, OSError, ValueError, ImportError) as err:
+    except (
+        ModelError,
+        EngineError,
+        InsufficientGpuMemory,
+        OSError,
+        ValueError,
+        ImportError,
+    ) as err:
         raise StartupError(_one_line(err)) from err
     urls = [listener.uri for listener in running.listeners]
     urls += running.http.urls if running.http is not None else []

@@ -59,8 +59,8 @@ class Connection:
         return await asyncio.wait_for(async_read_event(self.reader), timeout)
 
 
-async def describe(port: int) -> Info:
-    async with Connection(port) as conn:
+async def describe(port: int, host: str = "127.0.0.1") -> Info:
+    async with Connection(port, host) as conn:
         await conn.send(Describe().event())
         event = await conn.read(5.0)
         if event is None or not Info.is_type(event.type):

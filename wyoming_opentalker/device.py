@@ -171,8 +171,13 @@ def _nvidia_smi_info(index: int) -> GpuInfo | None:
 
 
 def weight_bytes(*modules: Any) -> int:
-    """Memory held by the parameters of torch modules, at their current precision."""
-    return sum(p.numel() * p.element_size() for module in modules for p in module.parameters())
+    """Memory held by torch modules' parameters and buffers, at their current precision.
+    Buffers count: the Qwen3-TTS codec keeps its codebooks as buffers, most of its size."""
+    return sum(
+        tensor.numel() * tensor.element_size()
+        for module in modules
+        for tensor in (*module.parameters(), *module.buffers())
+    )
 
 
 def memory_report(device: str) -> dict[str, Any]:

@@ -11,6 +11,10 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -84,6 +88,17 @@ def resolve_model(
             + (f"; known names: {known}" if known else "")
         )
     return _from_hub(repo_id, source, cache_dir, endpoint, local_files_only)
+
+
+def resolve_configured(spec: str | None, source: ModelSource, settings: Settings) -> ResolvedModel:
+    """``resolve_model`` with the cache, mirror and offline settings the user chose."""
+    return resolve_model(
+        spec,
+        source,
+        cache_dir=settings.cache_dir,
+        endpoint=settings.hf_endpoint,
+        local_files_only=settings.local_files_only,
+    )
 
 
 def _from_hub(

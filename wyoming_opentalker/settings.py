@@ -75,6 +75,11 @@ class Settings:
     http_port: tuple[int, ...] = (8001,)
     http_api_key: str | None = None
     http_max_upload_mb: float = 25.0
+    # Discovery
+    zeroconf: bool = False
+    zeroconf_name: str = "opentalker"
+    zeroconf_host: str | None = None
+    memory_check: bool = True
 
 
 # --- value parsers: each takes the raw string and returns the typed value or raises ValueError
@@ -420,6 +425,36 @@ OPTIONS: tuple[Option, ...] = (
         "HTTP_MAX_UPLOAD_MB",
         _float_above(0, inclusive=False),
         "largest HTTP upload accepted, in MB",
+    ),
+    Option(
+        "zeroconf",
+        "--zeroconf",
+        "ZEROCONF",
+        _bool,
+        "advertise the servers on the LAN (mDNS, _wyoming._tcp) so Home Assistant finds them",
+        is_flag=True,
+    ),
+    Option(
+        "zeroconf_name",
+        "--zeroconf-name",
+        "ZEROCONF_NAME",
+        _host,
+        "zeroconf instance name prefix (NAME-asr, NAME-tts)",
+    ),
+    Option(
+        "zeroconf_host",
+        "--zeroconf-host",
+        "ZEROCONF_HOST",
+        _text,
+        "address to advertise (default: this host's LAN address)",
+    ),
+    Option(
+        "memory_check",
+        "--memory-check",
+        "MEMORY_CHECK",
+        _bool,
+        "on a GPU, refuse to start when the models will not fit its free memory",
+        is_flag=True,
     ),
 )
 _BY_NAME = {option.name: option for option in OPTIONS}

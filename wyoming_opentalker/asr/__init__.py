@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 from dataclasses import dataclass, field
+from types import ModuleType
 
 from wyoming.event import Event
 from wyoming.info import AsrModel, AsrProgram, Attribution, Info
 
 from .. import __version__
+from ..device import GpuInfo
 from ..engine import (
     PROGRAM_NAME,
     PROGRAM_URL,
@@ -21,22 +24,33 @@ from ..engine import (
     InferenceWorker,
 )
 from ..languages import language_code
+from ..memory import MemoryNeed
 from ..settings import Settings
 
 _LOGGER = logging.getLogger(__name__)
 
 
+# Engine name -> module in this package; each module has ``ENGINE`` (the class) and
+# ``memory_need`` (its GPU estimate). A new backend is one file and one line here.
+_BACKENDS = {"faster-whisper": "faster_whisper", "qwen3-asr": "qwen3_asr"}
+
+
+def _backend(settings: Settings) -> ModuleType:
+    """Import the configured backend (lazily: its extras are optional)."""
+    module = _BACKENDS.get(settings.asr_engine)
+    if module is None:
+        raise EngineError(f"unknown ASR engine {settings.asr_engine!r}")
+    return importlib.import_module(f"{__name__}.{module}")
+
+
 def load_asr_engine(settings: Settings, device: str) -> AsrEngine:
-    """Import and load the configured backend (imports stay lazy: extras are optional)."""
-    if settings.asr_engine == "faster-whisper":
-        from .faster_whisper import FasterWhisperEngine
+    engine: AsrEngine = _backend(settings).ENGINE(settings, device)
+    return engine
 
-        return FasterWhisperEngine(settings, device)
-    if settings.asr_engine == "qwen3-asr":
-        from .qwen3_asr import Qwen3AsrEngine
 
-        return Qwen3AsrEngine(settings, device)
-    raise EngineError(f"unknown ASR engine {settings.asr_engine!r}")
+def asr_memory_need(settings: Settings, device: str, gpu: GpuInfo | None) -> MemoryNeed:
+    need: MemoryNeed = _backend(settings).memory_need(settings, device, gpu)
+    return need
 
 
 @dataclass

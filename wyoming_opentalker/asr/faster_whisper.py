@@ -8,9 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..device import choose_ct2_compute_type, gpu_info
+from ..device import GpuInfo, choose_ct2_compute_type, gpu_info
 from ..engine import AsrEngine, AsrRequest, AsrResult, AsrSegment, EngineInfo
-from ..models import ModelSource, resolve_model
+from ..memory import GIB, MemoryNeed
+from ..models import ModelSource, ResolvedModel, resolve_configured
 from ..settings import Settings
 
 _LOGGER = logging.getLogger(__name__)
@@ -38,6 +39,25 @@ def model_source() -> ModelSource:
     )
 
 
+def resolve(settings: Settings) -> ResolvedModel:
+    return resolve_configured(settings.asr_model, model_source(), settings)
+
+
+def memory_need(settings: Settings, device: str, gpu: GpuInfo | None) -> MemoryNeed:
+    """CTranslate2 holds the weights at the compute type: the file's size (hub conversions
+    store float16) scaled to it, plus decoding buffers for the beam."""
+    compute_type = choose_ct2_compute_type(settings.asr_compute_type, device, gpu)
+    path = resolve(settings).path / "model.bin"
+    size = path.stat().st_size if path.exists() else 0
+    wanted = 1 if compute_type.startswith("int8") else 4 if compute_type == "float32" else 2
+    return MemoryNeed(
+        "asr",
+        f"faster-whisper ({compute_type})",
+        size * wanted // 2,
+        int((0.25 + 0.02 * settings.asr_beam_size) * GIB),
+    )
+
+
 class FasterWhisperEngine(AsrEngine):
     """Runs one ``WhisperModel``; batches of one (CTranslate2 decodes one at a time here)."""
 
@@ -45,13 +65,7 @@ class FasterWhisperEngine(AsrEngine):
         import ctranslate2
         import faster_whisper
 
-        resolved = resolve_model(
-            settings.asr_model,
-            model_source(),
-            cache_dir=settings.cache_dir,
-            endpoint=settings.hf_endpoint,
-            local_files_only=settings.local_files_only,
-        )
+        resolved = resolve(settings)
         compute_type = choose_ct2_compute_type(settings.asr_compute_type, device, gpu_info(device))
         ct2_device, _, index = device.partition(":")
         self._model = faster_whisper.WhisperModel(
@@ -124,3 +138,6 @@ class FasterWhisperEngine(AsrEngine):
                 AsrSegment(place(start), place(end), piece) for start, end, piece in pieces if piece
             )
         return AsrResult(text=text, language=info.language, segments=timed)
+
+
+ENGINE = FasterWhisperEngine

@@ -21,7 +21,8 @@ from ..device import (
 )
 from ..engine import AsrEngine, AsrRequest, AsrResult, EngineError, EngineInfo
 from ..languages import CODES, language_name
-from ..models import ModelSource, resolve_model
+from ..memory import BYTES_PER, GIB, MemoryNeed, safetensors_parameters
+from ..models import ModelSource, ResolvedModel, resolve_configured
 from ..settings import Settings
 
 _LOGGER = logging.getLogger(__name__)
@@ -29,6 +30,11 @@ _LOGGER = logging.getLogger(__name__)
 DEFAULT_MODEL = "Qwen/Qwen3-ASR-0.6B"
 # Files a Qwen3-ASR checkpoint needs; anything else in the repository is not fetched.
 _PATTERNS = ("*.json", "*.safetensors", "*.txt", "*.jinja", "*.model")
+
+
+def resolve(settings: Settings) -> ResolvedModel:
+    source = ModelSource(default=DEFAULT_MODEL, allow_patterns=_PATTERNS)
+    return resolve_configured(settings.asr_model, source, settings)
 
 
 def asr_precision(settings: Settings, device: str, gpu: GpuInfo | None) -> PrecisionChoice:
@@ -39,6 +45,26 @@ def asr_precision(settings: Settings, device: str, gpu: GpuInfo | None) -> Preci
     return choose_precision(wanted, device, gpu)
 
 
+# Per request in a batch: the KV cache of the 0.6B thinker (28 layers x 8 KV heads x 128,
+# about 112 KiB a token in FP16) over ~30 s of audio tokens plus the longest answer,
+# with the audio encoder's activations: ~0.1 GiB. Plus fixed buffers.
+_WORKING_FIXED = int(0.15 * GIB)
+_WORKING_PER_REQUEST = int(0.1 * GIB)
+
+
+def memory_need(settings: Settings, device: str, gpu: GpuInfo | None) -> MemoryNeed:
+    """Weights at the precision they will load in, plus the batch's working memory."""
+    precision = asr_precision(settings, device, gpu).precision
+    params = safetensors_parameters(resolve(settings).path)
+    batch = settings.qwen_asr_max_batch_size or default_asr_batch_size(gpu)
+    return MemoryNeed(
+        "asr",
+        f"Qwen3-ASR ({precision.value}, batch {batch})",
+        params * BYTES_PER[precision],
+        _WORKING_FIXED + batch * _WORKING_PER_REQUEST,
+    )
+
+
 class Qwen3AsrEngine(AsrEngine):
     """``Qwen3ASRModel`` loaded through its own ``from_pretrained``, like real weights."""
 
@@ -46,13 +72,7 @@ class Qwen3AsrEngine(AsrEngine):
         import torch
         from qwen_asr import Qwen3ASRModel
 
-        resolved = resolve_model(
-            settings.asr_model,
-            ModelSource(default=DEFAULT_MODEL, allow_patterns=_PATTERNS),
-            cache_dir=settings.cache_dir,
-            endpoint=settings.hf_endpoint,
-            local_files_only=settings.local_files_only,
-        )
+        resolved = resolve(settings)
         gpu = gpu_info(device)
         choice = asr_precision(settings, device, gpu)
         if not device.startswith("cuda"):
@@ -131,3 +151,6 @@ class Qwen3AsrEngine(AsrEngine):
     def _code(name: str) -> str | None:
         first = name.split(",", 1)[0].strip().lower() if name else ""
         return CODES.get(first)
+
+
+ENGINE = Qwen3AsrEngine

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -13,6 +15,7 @@ from wyoming.event import Event
 from wyoming.info import Attribution, Info, TtsProgram, TtsVoice, TtsVoiceSpeaker
 
 from .. import __version__
+from ..device import GpuInfo
 from ..engine import (
     PROGRAM_NAME,
     PROGRAM_URL,
@@ -23,6 +26,7 @@ from ..engine import (
     Voice,
 )
 from ..languages import language_code
+from ..memory import MemoryNeed
 from ..settings import Settings
 
 _LOGGER = logging.getLogger(__name__)
@@ -32,17 +36,27 @@ _LOGGER = logging.getLogger(__name__)
 MAX_BUFFERED_SECONDS = 20.0
 
 
+# Engine name -> module in this package; each module has ``ENGINE`` (the class) and
+# ``memory_need`` (its GPU estimate). A new backend is one file and one line here.
+_BACKENDS = {"piper": "piper", "qwen3-tts": "qwen3_tts"}
+
+
+def _backend(settings: Settings) -> ModuleType:
+    """Import the configured backend (lazily: its extras are optional)."""
+    module = _BACKENDS.get(settings.tts_engine)
+    if module is None:
+        raise EngineError(f"unknown TTS engine {settings.tts_engine!r}")
+    return importlib.import_module(f"{__name__}.{module}")
+
+
 def load_tts_engine(settings: Settings, device: str) -> TtsEngine:
-    """Import and load the configured backend (imports stay lazy: extras are optional)."""
-    if settings.tts_engine == "piper":
-        from .piper import PiperEngine
+    engine: TtsEngine = _backend(settings).ENGINE(settings, device)
+    return engine
 
-        return PiperEngine(settings, device)
-    if settings.tts_engine == "qwen3-tts":
-        from .qwen3_tts import Qwen3TtsEngine
 
-        return Qwen3TtsEngine(settings, device)
-    raise EngineError(f"unknown TTS engine {settings.tts_engine!r}")
+def tts_memory_need(settings: Settings, device: str, gpu: GpuInfo | None) -> MemoryNeed:
+    need: MemoryNeed = _backend(settings).memory_need(settings, device, gpu)
+    return need
 
 
 @dataclass(frozen=True)

