@@ -1,0 +1,214 @@
+"""Home Assistant's real ``wyoming`` integration (2026.2.3) against our servers.
+
+The user's path, through Home Assistant's own code: the config flow a user fills in,
+the speech-to-text entity it creates, text-to-speech plain and streaming (Home
+Assistant decides which from our ``info``), and a whole Assist pipeline — real human
+speech in, our transcript, Home Assistant's intent matching, its answer spoken by our
+TTS and understood again by our STT.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import wave
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from homeassistant import config_entries
+from homeassistant.components import stt, tts
+from homeassistant.components.assist_pipeline import (
+    PipelineEvent,
+    PipelineEventType,
+    async_pipeline_from_audio_stream,
+)
+from homeassistant.components.assist_pipeline.pipeline import async_create_default_pipeline
+from homeassistant.core import Context, HomeAssistant
+from homeassistant.data_entry_flow import FlowResultType
+from homeassistant.helpers import entity_registry as er
+from homeassistant.setup import async_setup_component
+
+from .conftest import Servers
+
+GO_FORWARD = Path("/usr/share/pocketsphinx/test/data/goforward.raw")  # human, 16 kHz s16le
+WAV_16K = {"preferred_format": "wav", "preferred_sample_rate": 16000, "preferred_sample_channels": 1}
+ANSWER = "The kitchen lights are now on, and the front door is locked."
+
+
+def _words(text: str) -> list[str]:
+    numbers = {"10": "ten"}
+    return [numbers.get(w, w) for w in re.sub(r"[^\w\s]", " ", text.lower()).split()]
+
+
+async def _add(hass: HomeAssistant, port: int) -> config_entries.ConfigEntry:
+    """What a user does: Add integration -> Wyoming Protocol -> host and port."""
+    result = await hass.config_entries.flow.async_init(
+        "wyoming", context={"source": config_entries.SOURCE_USER}
+    )
+    assert result["type"] is FlowResultType.FORM and result["step_id"] == "user"
+    result = await hass.config_entries.flow.async_configure(
+        result["flow_id"], {"host": "127.0.0.1", "port": port}
+    )
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result
+    assert result["title"] == "wyoming-opentalker"
+    await hass.async_block_till_done()
+    return result["result"]
+
+
+async def _setup(hass: HomeAssistant, servers: Servers) -> tuple[str, str]:
+    assert await async_setup_component(hass, "homeassistant", {})
+    stt_entry = await _add(hass, servers.asr)
+    tts_entry = await _add(hass, servers.tts)
+    registry = er.async_get(hass)
+    stt_ids = [e.entity_id for e in er.async_entries_for_config_entry(registry, stt_entry.entry_id)]
+    tts_ids = [e.entity_id for e in er.async_entries_for_config_entry(registry, tts_entry.entry_id)]
+    stt_id = next(i for i in stt_ids if i.startswith("stt."))
+    tts_id = next(i for i in tts_ids if i.startswith("tts."))
+    return stt_id, tts_id
+
+
+async def _chunks(data: bytes, size: int = 4096) -> AsyncIterator[bytes]:
+    for offset in range(0, len(data), size):
+        yield data[offset : offset + size]
+
+
+async def _transcribe(hass: HomeAssistant, stt_id: str, pcm: bytes) -> str:
+    entity = stt.async_get_speech_to_text_entity(hass, stt_id)
+    assert entity is not None
+    metadata = stt.SpeechMetadata(
+        language="en",
+        format=stt.AudioFormats.WAV,
+        codec=stt.AudioCodecs.PCM,
+        bit_rate=stt.AudioBitRates.BITRATE_16,
+        sample_rate=stt.AudioSampleRates.SAMPLERATE_16000,
+        channel=stt.AudioChannels.CHANNEL_MONO,
+    )
+    result = await entity.internal_async_process_audio_stream(metadata, _chunks(pcm))
+    assert result.result is stt.SpeechResultState.SUCCESS, result
+    return result.text or ""
+
+
+def _pcm_of_wav(data: bytes) -> bytes:
+    with wave.open(io.BytesIO(data)) as wav:
+        assert (wav.getframerate(), wav.getnchannels(), wav.getsampwidth()) == (16000, 1, 2)
+        return wav.readframes(wav.getnframes())
+
+
+async def _speech(stream: tts.ResultStream) -> bytes:
+    return b"".join([chunk async for chunk in stream.async_stream_result()])
+
+
+async def test_config_flow_creates_stt_and_tts(
+    hass: HomeAssistant, socket_enabled: None, servers: Servers
+) -> None:
+    stt_id, tts_id = await _setup(hass, servers)
+    assert hass.states.get(stt_id) is not None and hass.states.get(tts_id) is not None
+    entity = stt.async_get_speech_to_text_entity(hass, stt_id)
+    assert entity is not None and entity.supported_languages == ["en"]
+    # A wrong port is reported as the user would see it, not as a crash.
+    result = await hass.config_entries.flow.async_init(
+        "wyoming", context={"source": config_entries.SOURCE_USER}
+    )
+    result = await hass.config_entries.flow.async_configure(
+        result["flow_id"], {"host": "127.0.0.1", "port": 1}
+    )
+    assert result["type"] is FlowResultType.FORM and result["errors"] == {"base": "cannot_connect"}
+
+
+async def test_speech_to_text(hass: HomeAssistant, socket_enabled: None, servers: Servers) -> None:
+    stt_id, _ = await _setup(hass, servers)
+    text = await _transcribe(hass, stt_id, GO_FORWARD.read_bytes())
+    assert _words(text) == ["go", "forward", "ten", "meters"], text
+
+
+async def test_text_to_speech_plain(
+    hass: HomeAssistant, socket_enabled: None, servers: Servers
+) -> None:
+    stt_id, tts_id = await _setup(hass, servers)
+    stream = tts.async_create_stream(hass, tts_id, "en", WAV_16K)
+    stream.async_set_message(ANSWER)
+    pcm = _pcm_of_wav(await _speech(stream))
+    assert len(pcm) / 32000 > 2.0
+    heard = _words(await _transcribe(hass, stt_id, pcm))
+    assert {"kitchen", "lights", "front", "door", "locked"} <= set(heard), heard
+
+
+async def test_text_to_speech_streaming(
+    hass: HomeAssistant, socket_enabled: None, servers: Servers
+) -> None:
+    """Home Assistant streams LLM-style deltas because our info says it may; it also
+    repeats the whole text as a plain ``synthesize``, which must be ignored."""
+    stt_id, tts_id = await _setup(hass, servers)
+    entity = hass.data[tts.DATA_COMPONENT].get_entity(tts_id)
+    assert entity is not None and entity.async_supports_streaming_input()
+    before = servers.log_text().count("Ignoring synthesize sent during a stream")
+
+    async def deltas() -> AsyncIterator[str]:
+        for i in range(0, len(ANSWER), 7):  # split mid-word, as LLM deltas are
+            yield ANSWER[i : i + 7]
+
+    stream = tts.async_create_stream(hass, tts_id, "en", WAV_16K)
+    stream.async_set_message_stream(deltas())
+    pcm = _pcm_of_wav(await _speech(stream))
+    heard = _words(await _transcribe(hass, stt_id, pcm))
+    assert {"kitchen", "lights", "front", "door", "locked"} <= set(heard), heard
+    assert servers.log_text().count("Ignoring synthesize sent during a stream") == before + 1
+
+
+async def test_assist_pipeline_audio_to_intent_to_speech(
+    hass: HomeAssistant, socket_enabled: None, servers: Servers, tmp_path: Path
+) -> None:
+    """A spoken command (a human recording) runs the whole pipeline: our STT, Home
+    Assistant's intent matching (a custom sentence with an intent_script answer, as
+    users write them), and our TTS speaking the answer."""
+    hass.config.config_dir = str(tmp_path)
+    sentences = tmp_path / "custom_sentences" / "en"
+    sentences.mkdir(parents=True)
+    (sentences / "robot.yaml").write_text(
+        "language: en\n"
+        "intents:\n"
+        "  RobotGoForward:\n"
+        "    data:\n"
+        "      - sentences:\n"
+        '          - "go forward (ten|10) (meters|metres)"\n'
+    )
+    stt_id, tts_id = await _setup(hass, servers)
+    assert await async_setup_component(
+        hass,
+        "intent_script",
+        {"intent_script": {"RobotGoForward": {"speech": {"text": "Moving forward ten meters."}}}},
+    )
+    assert await async_setup_component(hass, "assist_pipeline", {})
+    pipeline = await async_create_default_pipeline(hass, stt_id, tts_id, "OpenTalker")
+    assert pipeline is not None, "the pipeline did not accept our engines for English"
+
+    events: list[PipelineEvent] = []
+    await async_pipeline_from_audio_stream(
+        hass,
+        context=Context(),
+        event_callback=events.append,
+        stt_metadata=stt.SpeechMetadata(
+            language="",
+            format=stt.AudioFormats.WAV,
+            codec=stt.AudioCodecs.PCM,
+            bit_rate=stt.AudioBitRates.BITRATE_16,
+            sample_rate=stt.AudioSampleRates.SAMPLERATE_16000,
+            channel=stt.AudioChannels.CHANNEL_MONO,
+        ),
+        stt_stream=_chunks(GO_FORWARD.read_bytes()),
+        pipeline_id=pipeline.id,
+        tts_audio_output=WAV_16K,
+    )
+    by_type: dict[PipelineEventType, dict[str, Any]] = {e.type: e.data or {} for e in events}
+    assert PipelineEventType.ERROR not in by_type, by_type.get(PipelineEventType.ERROR)
+    heard = by_type[PipelineEventType.STT_END]["stt_output"]["text"]
+    assert _words(heard) == ["go", "forward", "ten", "meters"], heard
+    response = by_type[PipelineEventType.INTENT_END]["intent_output"]["response"]
+    assert response["speech"]["plain"]["speech"] == "Moving forward ten meters."
+    token = by_type[PipelineEventType.TTS_END]["tts_output"]["token"]
+    result = tts.async_get_stream(hass, token)
+    assert result is not None
+    spoken = _words(await _transcribe(hass, stt_id, _pcm_of_wav(await _speech(result))))
+    assert {"moving", "forward", "meters"} <= set(spoken), spoken
