@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import statistics
 import sys
 import tempfile
 import time
-import wave
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -27,19 +25,10 @@ sys.path.insert(0, str(ROOT))
 
 from script.bench import SENTENCES, _pcm, _start  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
+from tests.speech import wav_bytes  # noqa: E402
 from wyoming_opentalker.client import synthesize, transcribe  # noqa: E402
 
 Timing = tuple[float, float]  # (first byte or answer, total), seconds from the start
-
-
-def _wav(pcm: bytes) -> bytes:
-    out = io.BytesIO()
-    with wave.open(out, "wb") as wav:
-        wav.setnchannels(1)
-        wav.setsampwidth(2)
-        wav.setframerate(16000)
-        wav.writeframes(pcm)
-    return out.getvalue()
 
 
 async def wyoming_asr(port: int, pcm: bytes) -> Timing:
@@ -84,7 +73,7 @@ async def http_tts(session: aiohttp.ClientSession, url: str, text: str, fmt: str
 async def measure(ports: dict[str, int], rounds: int) -> dict[str, list[Timing]]:
     url = f"http://127.0.0.1:{ports['http']}"
     speech = _pcm(10)
-    wav = _wav(speech)
+    wav = wav_bytes(speech)
     text = " ".join(SENTENCES)
     async with aiohttp.ClientSession() as session:
         cases: dict[str, Callable[[], Awaitable[Timing]]] = {

@@ -89,3 +89,16 @@ def wer(references: list[str], hypotheses: list[str]) -> float:
 
 def float_audio(pcm: bytes) -> np.ndarray:
     return np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
+
+
+def wav_bytes(pcm: bytes, rate: int = 16000) -> bytes:
+    """16-bit mono PCM as a WAV file."""
+    import io
+
+    out = io.BytesIO()
+    with wave.open(out, "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(rate)
+        wav.writeframes(pcm)
+    return out.getvalue()

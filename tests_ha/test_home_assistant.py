@@ -78,18 +78,22 @@ async def _chunks(data: bytes, size: int = 4096) -> AsyncIterator[bytes]:
         yield data[offset : offset + size]
 
 
-async def _transcribe(hass: HomeAssistant, stt_id: str, pcm: bytes) -> str:
-    entity = stt.async_get_speech_to_text_entity(hass, stt_id)
-    assert entity is not None
-    metadata = stt.SpeechMetadata(
-        language="en",
+def _pcm_16k(language: str) -> stt.SpeechMetadata:
+    """16 kHz 16-bit mono PCM, what satellites send."""
+    return stt.SpeechMetadata(
+        language=language,
         format=stt.AudioFormats.WAV,
         codec=stt.AudioCodecs.PCM,
         bit_rate=stt.AudioBitRates.BITRATE_16,
         sample_rate=stt.AudioSampleRates.SAMPLERATE_16000,
         channel=stt.AudioChannels.CHANNEL_MONO,
     )
-    result = await entity.internal_async_process_audio_stream(metadata, _chunks(pcm))
+
+
+async def _transcribe(hass: HomeAssistant, stt_id: str, pcm: bytes) -> str:
+    entity = stt.async_get_speech_to_text_entity(hass, stt_id)
+    assert entity is not None
+    result = await entity.internal_async_process_audio_stream(_pcm_16k("en"), _chunks(pcm))
     assert result.result is stt.SpeechResultState.SUCCESS, result
     return result.text or ""
 
@@ -193,14 +197,7 @@ async def test_assist_pipeline_audio_to_intent_to_speech(
         hass,
         context=Context(),
         event_callback=events.append,
-        stt_metadata=stt.SpeechMetadata(
-            language="",
-            format=stt.AudioFormats.WAV,
-            codec=stt.AudioCodecs.PCM,
-            bit_rate=stt.AudioBitRates.BITRATE_16,
-            sample_rate=stt.AudioSampleRates.SAMPLERATE_16000,
-            channel=stt.AudioChannels.CHANNEL_MONO,
-        ),
+        stt_metadata=_pcm_16k(""),  # the pipeline fills in its language
         stt_stream=_chunks(GO_FORWARD),
         pipeline_id=pipeline.id,
         tts_audio_output=WAV_16K,

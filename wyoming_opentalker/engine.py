@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import importlib
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import ParamSpec, TypeVar
 
 import numpy as np
@@ -31,6 +33,15 @@ class EngineError(RuntimeError):
     def __init__(self, text: str, code: str = "engine-error") -> None:
         super().__init__(text)
         self.code = code
+
+
+def import_backend(package: str, backends: Mapping[str, str], name: str) -> ModuleType:
+    """The module of backend ``name`` in ``package`` (imported lazily: extras are optional).
+    Each backend module has ``ENGINE`` (its class) and ``memory_need`` (its GPU estimate)."""
+    module = backends.get(name)
+    if module is None:
+        raise EngineError(f"unknown engine {name!r}; expected one of {', '.join(backends)}")
+    return importlib.import_module(f"{package}.{module}")
 
 
 PROGRAM_NAME = "wyoming-opentalker"

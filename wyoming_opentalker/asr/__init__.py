@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -22,6 +21,7 @@ from ..engine import (
     AsrResult,
     EngineError,
     InferenceWorker,
+    import_backend,
 )
 from ..languages import language_code
 from ..memory import MemoryNeed
@@ -30,17 +30,12 @@ from ..settings import Settings
 _LOGGER = logging.getLogger(__name__)
 
 
-# Engine name -> module in this package; each module has ``ENGINE`` (the class) and
-# ``memory_need`` (its GPU estimate). A new backend is one file and one line here.
+# Engine name -> module in this package. A new backend is one file and one line here.
 _BACKENDS = {"faster-whisper": "faster_whisper", "qwen3-asr": "qwen3_asr"}
 
 
 def _backend(settings: Settings) -> ModuleType:
-    """Import the configured backend (lazily: its extras are optional)."""
-    module = _BACKENDS.get(settings.asr_engine)
-    if module is None:
-        raise EngineError(f"unknown ASR engine {settings.asr_engine!r}")
-    return importlib.import_module(f"{__name__}.{module}")
+    return import_backend(__name__, _BACKENDS, settings.asr_engine)
 
 
 def load_asr_engine(settings: Settings, device: str) -> AsrEngine:

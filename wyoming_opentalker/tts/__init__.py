@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from ..engine import (
     TtsEngine,
     TtsRequest,
     Voice,
+    import_backend,
 )
 from ..languages import language_code
 from ..memory import MemoryNeed
@@ -36,17 +36,12 @@ _LOGGER = logging.getLogger(__name__)
 MAX_BUFFERED_SECONDS = 20.0
 
 
-# Engine name -> module in this package; each module has ``ENGINE`` (the class) and
-# ``memory_need`` (its GPU estimate). A new backend is one file and one line here.
+# Engine name -> module in this package. A new backend is one file and one line here.
 _BACKENDS = {"piper": "piper", "qwen3-tts": "qwen3_tts"}
 
 
 def _backend(settings: Settings) -> ModuleType:
-    """Import the configured backend (lazily: its extras are optional)."""
-    module = _BACKENDS.get(settings.tts_engine)
-    if module is None:
-        raise EngineError(f"unknown TTS engine {settings.tts_engine!r}")
-    return importlib.import_module(f"{__name__}.{module}")
+    return import_backend(__name__, _BACKENDS, settings.tts_engine)
 
 
 def load_tts_engine(settings: Settings, device: str) -> TtsEngine:
