@@ -116,7 +116,8 @@ class ZeroconfAdvertiser:
         host = socket.gethostname().split(".")[0] or "opentalker"
         for endpoint in tcp:
             bind = urlparse(endpoint.uri).hostname or ""
-            address = advertised_address(bind, self.settings.zeroconf_host)
+            # A host name override means a DNS lookup: not on the event loop.
+            address = await asyncio.to_thread(advertised_address, bind, self.settings.zeroconf_host)
             name = instance_name(self.settings.zeroconf_name, endpoint.kind)
             info = AsyncServiceInfo(
                 SERVICE_TYPE,
