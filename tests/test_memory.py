@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from wyoming_opentalker.__main__ import memory_plan
 from wyoming_opentalker.asr import asr_memory_need, load_asr_engine
 from wyoming_opentalker.device import GpuInfo
 from wyoming_opentalker.memory import (
@@ -66,11 +67,7 @@ def _qwen(asr: Path, tts: Path, **changes: object) -> Settings:
 
 
 def _plan(settings: Settings, gpu: GpuInfo) -> MemoryPlan:
-    needs = []
-    for kind in settings.services:
-        estimate = asr_memory_need if kind == "asr" else tts_memory_need
-        needs.append(estimate(settings, "cuda", gpu))
-    return MemoryPlan(tuple(needs), gpu)
+    return memory_plan(settings, "cuda", gpu)
 
 
 def test_weight_estimates_match_what_the_engines_hold(tmp_path: Path) -> None:

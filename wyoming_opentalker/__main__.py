@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .asr import AsrService, asr_memory_need, load_asr_engine
-from .device import gpu_info, resolve_device
+from .device import GpuInfo, gpu_info, resolve_device
 from .discovery import Endpoint, ZeroconfAdvertiser, announce_to_supervisor
 from .engine import EngineError
 from .memory import InsufficientGpuMemory, MemoryPlan, check_plan, suggestions
@@ -91,16 +91,21 @@ async def start_services(settings: Settings) -> Running:
     return running
 
 
+def memory_plan(settings: Settings, device: str, gpu: GpuInfo) -> MemoryPlan:
+    """Each configured service's estimate for ``gpu``, in start-up order."""
+    needs = [
+        (asr_memory_need if kind == "asr" else tts_memory_need)(settings, device, gpu)
+        for kind in settings.services
+    ]
+    return MemoryPlan(tuple(needs), gpu)
+
+
 def plan_gpu_memory(settings: Settings, device: str) -> MemoryPlan | None:
     """Estimate what the configured models need and stop now if the GPU cannot hold it."""
     gpu = gpu_info(device)
     if gpu is None:
         return None
-    needs = []
-    for kind in settings.services:
-        estimate = asr_memory_need if kind == "asr" else tts_memory_need
-        needs.append(estimate(settings, device, gpu))
-    plan = MemoryPlan(tuple(needs), gpu)
+    plan = memory_plan(settings, device, gpu)
     _LOGGER.info("%s", plan.summary())
     check_plan(plan, suggestions(settings, plan))
     return plan

@@ -102,7 +102,6 @@ class ZeroconfAdvertiser:
         self.settings = settings
         self.names: list[str] = []
         self._zeroconf: Any = None
-        self._infos: list[Any] = []
 
     async def start(self, endpoints: Sequence[Endpoint]) -> None:
         from zeroconf import IPVersion
@@ -128,7 +127,6 @@ class ZeroconfAdvertiser:
                 properties={"service": endpoint.kind},
             )
             await self._zeroconf.async_register_service(info, allow_name_change=True)
-            self._infos.append(info)
             self.names.append(info.name)
             _LOGGER.info(
                 "Zeroconf: advertising %s at %s:%d", info.name, address, endpoint.port or 0

@@ -74,8 +74,8 @@ class ApiError(Exception):
             kind = "server_error"
         else:
             kind = "invalid_request_error"
-        body = {"error": {"message": self.message, "type": kind, "param": self.param}}
-        body["error"]["code"] = self.code
+        error = {"message": self.message, "type": kind, "param": self.param, "code": self.code}
+        body = {"error": error}
         return web.json_response(body, status=self.status)
 
 
