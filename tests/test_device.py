@@ -86,3 +86,14 @@ def test_batch_size_by_memory_and_cpu_device() -> None:
     assert default_asr_batch_size(None) == 4
     assert resolve_device("cpu") == "cpu"
     assert resolve_device("auto") == "cpu"  # no GPU on the test machines
+
+
+def test_cuda_without_a_gpu_is_one_clear_line() -> None:
+    """The old compose files set DEVICE=cuda; without the NVIDIA toolkit the container
+    sees no GPU, and that must be said in one line, not an engine's traceback."""
+    import pytest
+
+    from wyoming_opentalker.device import DeviceUnavailable
+
+    with pytest.raises(DeviceUnavailable, match=r"DEVICE=cuda .* DEVICE=auto .*Toolkit"):
+        resolve_device("cuda")

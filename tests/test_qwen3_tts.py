@@ -106,8 +106,8 @@ async def test_streaming_in_home_assistant_order(tts_server: Server) -> None:
 
 async def test_unknown_voice_and_language(tts_server: Server) -> None:
     unknown = await synthesize(tts_server.tts, "你好。", SynthesizeVoice(name="Cherry"))
-    error = Error.from_event(unknown.events[-1])
-    assert error.code == "unknown-voice" and "Vivian" in error.text
+    _one_response(unknown.types)  # an unknown name gets a real voice, and a warning
+    assert "Voice 'Cherry' is not installed; using " in tts_server.log_text()
     thai = await synthesize(tts_server.tts, "สวัสดี", SynthesizeVoice(language="th"))
     assert Error.from_event(thai.events[-1]).code == "unsupported-language"
     # a language alone picks that language's first voice
@@ -195,7 +195,7 @@ def test_out_of_memory_retries_smaller_then_reports(engine: Any, monkeypatch: An
     ("gpu", "device", "expected"),
     [
         (None, "cpu", Precision.FP32),
-        (GpuInfo("GTX 1050 Ti", (6, 1), 4 * GIB), "cuda", Precision.FP32),
+        (GpuInfo("GTX 1050 Ti", (6, 1), 4 * GIB), "cuda", Precision.FP16),
         (GpuInfo("Tesla V100", (7, 0), 16 * GIB), "cuda", Precision.FP16),
         (GpuInfo("RTX 2060", (7, 5), 6 * GIB), "cuda", Precision.FP16),
         (GpuInfo("RTX 3090", (8, 6), 24 * GIB), "cuda", Precision.BF16),

@@ -14,15 +14,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .asr import AsrService, asr_memory_need, load_asr_engine
-from .device import GpuInfo, gpu_info, resolve_device
+from .asr import AsrService, load_asr_engine
+from .device import resolve_device
 from .discovery import Endpoint, ZeroconfAdvertiser, announce_to_supervisor
 from .engine import EngineError
-from .memory import InsufficientGpuMemory, MemoryPlan, check_plan, suggestions
+from .memory import InsufficientGpuMemory, check_plan
 from .models import ModelError
 from .server import HandlerFactory, Listener, listen
 from .settings import Settings, SettingsError, describe_settings, load_settings
-from .tts import TtsService, load_tts_engine, tts_memory_need
+from .tts import TtsService, load_tts_engine
 
 if TYPE_CHECKING:
     from .openai_api import OpenAiApi
@@ -58,8 +58,7 @@ class Running:
 async def start_services(settings: Settings) -> Running:
     """Load the configured engines (off the event loop) and start listening."""
     device = await asyncio.to_thread(resolve_device, settings.device)  # may run nvidia-smi
-    if device.startswith("cuda") and settings.memory_check:
-        await asyncio.to_thread(plan_gpu_memory, settings, device)
+    settings = await asyncio.to_thread(plan_settings, settings, device)
     running = Running({})
     try:
         for kind in settings.services:
@@ -91,24 +90,19 @@ async def start_services(settings: Settings) -> Running:
     return running
 
 
-def memory_plan(settings: Settings, device: str, gpu: GpuInfo) -> MemoryPlan:
-    """Each configured service's estimate for ``gpu``, in start-up order."""
-    needs = [
-        (asr_memory_need if kind == "asr" else tts_memory_need)(settings, device, gpu)
-        for kind in settings.services
-    ]
-    return MemoryPlan(tuple(needs), gpu)
+def plan_settings(settings: Settings, device: str) -> Settings:
+    """Make ``auto`` choices concrete for this device and, on a GPU, stop now if the
+    configured models cannot fit it."""
+    from .plan import cpu_settings, start_plan
 
-
-def plan_gpu_memory(settings: Settings, device: str) -> MemoryPlan | None:
-    """Estimate what the configured models need and stop now if the GPU cannot hold it."""
-    gpu = gpu_info(device)
-    if gpu is None:
-        return None
-    plan = memory_plan(settings, device, gpu)
-    _LOGGER.info("%s", plan.summary())
-    check_plan(plan, suggestions(settings, plan))
-    return plan
+    if not device.startswith("cuda"):
+        return cpu_settings(settings)
+    settings, plan = start_plan(settings, device)
+    if plan is not None:
+        _LOGGER.info("%s", plan.summary())
+        if settings.memory_check:
+            check_plan(plan)
+    return settings
 
 
 async def _load(kind: str, settings: Settings, device: str) -> AsrService | TtsService:
@@ -165,6 +159,11 @@ def _one_line(err: BaseException) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["plan"]:
+        from .plan import plan_main
+
+        sys.exit(plan_main(args[1:]))
     try:
         settings = load_settings(argv)
     except SettingsError as err:

@@ -40,6 +40,9 @@ class GpuInfo:
     capability: tuple[int, int]
     total_bytes: int
     free_bytes: int | None = None
+    # True when free_bytes was measured with this process's CUDA context already alive
+    # (torch), so the planner must not subtract the context again.
+    context_counted: bool = False
 
 
 @dataclass(frozen=True)
@@ -114,11 +117,24 @@ def choose_ct2_compute_type(requested: str, device: str, gpu: GpuInfo | None) ->
     return "float32"
 
 
+class DeviceUnavailable(ValueError):
+    """The configured device is not there; the message is one line with the fix."""
+
+
 def resolve_device(requested: str) -> str:
-    """Turn ``auto`` into ``cuda`` when a usable GPU exists, else ``cpu``."""
-    if requested != "auto":
-        return requested
-    return "cuda" if gpu_info("cuda") is not None else "cpu"
+    """Turn ``auto`` into ``cuda`` when a usable GPU exists, else ``cpu``; refuse a CUDA
+    device that is not visible, in one line, before an engine fails with a traceback
+    (the usual cause: a container started without the NVIDIA Container Toolkit)."""
+    if requested == "auto":
+        return "cuda" if gpu_info("cuda") is not None else "cpu"
+    if requested.startswith("cuda") and gpu_info(requested) is None:
+        raise DeviceUnavailable(
+            f"DEVICE={requested} but no usable NVIDIA GPU is visible to this process "
+            "(neither PyTorch nor nvidia-smi found one): set DEVICE=auto to fall back to the "
+            "CPU, or give the container the GPU (NVIDIA Container Toolkit and `gpus: all` in "
+            "compose / `--gpus all`)"
+        )
+    return requested
 
 
 def _cuda_index(device: str) -> int:
@@ -137,7 +153,7 @@ def gpu_info(device: str) -> GpuInfo | None:
         if torch.cuda.is_available() and index < torch.cuda.device_count():
             props = torch.cuda.get_device_properties(index)
             free, total = torch.cuda.mem_get_info(index)
-            return GpuInfo(props.name, (props.major, props.minor), total, free)
+            return GpuInfo(props.name, (props.major, props.minor), total, free, True)
         return None
     except ImportError:
         pass
@@ -171,13 +187,12 @@ def _nvidia_smi_info(index: int) -> GpuInfo | None:
 
 
 def weight_bytes(*modules: Any) -> int:
-    """Memory held by torch modules' parameters and buffers, at their current precision.
-    Buffers count: the Qwen3-TTS codec keeps its codebooks as buffers, most of its size."""
-    return sum(
-        tensor.numel() * tensor.element_size()
-        for module in modules
-        for tensor in (*module.parameters(), *module.buffers())
-    )
+    """Memory held by torch modules' parameters and buffers, at what they really hold
+    (quantised weights at their packed size; the codec's codebooks are buffers, most of
+    its size)."""
+    from .quant import module_bytes
+
+    return module_bytes(*modules)
 
 
 def memory_report(device: str) -> dict[str, Any]:
@@ -217,3 +232,15 @@ def default_asr_batch_size(gpu: GpuInfo | None) -> int:
     if gib < 12:
         return 8
     return 16
+
+
+def cpu_speed_warning(engine: str, measured: str) -> None:
+    """One WARNING when a GPU-class engine is about to run on the CPU: it works, but too
+    slowly for Assist, and users should know the alternatives before they wait."""
+    _LOGGER.warning(
+        "%s is running on the CPU (measured %s): expect slow answers. For Assist use a GPU "
+        "box (the Docker image with DEVICE=cuda) or the CPU engines (faster-whisper, Piper; "
+        "the README's Chinese CPU profile for Chinese).",
+        engine,
+        measured,
+    )

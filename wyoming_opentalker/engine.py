@@ -45,7 +45,7 @@ def import_backend(package: str, backends: Mapping[str, str], name: str) -> Modu
 
 
 PROGRAM_NAME = "wyoming-opentalker"
-PROGRAM_URL = "https://github.com/wyoming-opentalker"
+PROGRAM_URL = "https://github.com/wyoming-opentalker/wyoming-opentalker"
 
 
 @dataclass(frozen=True)
@@ -120,8 +120,9 @@ class AsrEngine(ABC):
         return len(self.languages) > 1
 
     @abstractmethod
-    def transcribe(self, requests: Sequence[AsrRequest]) -> list[AsrResult]:
-        """Decode each request; called on the worker thread only."""
+    def transcribe(self, requests: Sequence[AsrRequest]) -> Sequence[AsrResult | EngineError]:
+        """Decode each request; called on the worker thread only. A request that fails
+        alone (out of memory, overflow) gets its ``EngineError`` in its place."""
 
 
 # --- text-to-speech

@@ -1,12 +1,13 @@
 """GPU memory planning at start-up: refuse a configuration that cannot fit, before loading.
 
-A 4 GB card fits Qwen3-ASR in FP16 plus Qwen3-TTS only just (SPEC §4). Finding out by a
-CUDA out-of-memory error in the middle of a user's request is the worst way; so before
-any model is loaded, each engine estimates what it will hold — weights from the
-checkpoint's own tensor headers at the precision it will load in, plus a working margin
-for activations, caches and the CUDA context — and the sum is compared with the GPU's
-free memory. If it does not fit, the program stops with one line that says what to
-change. The margins are estimates (``MEMORY_CHECK=false`` skips the check).
+Finding out by a CUDA out-of-memory error in the middle of a user's request is the worst
+way; so before any model is loaded, each engine estimates what it will hold — weights
+from the checkpoint's own tensor headers as they will be resident (precision,
+quantisation, tied weights once, parts kept in CPU memory left out), plus working memory
+modelled from the real shapes and the configured limits (batch, piece length, chunk
+size) — and the sum is compared with what the GPU has. The working figures are models
+checked against tracked allocations of the full-size shapes (script/measure_memory.py);
+``MEMORY_CHECK=false`` skips the check.
 """
 
 from __future__ import annotations
@@ -14,19 +15,29 @@ from __future__ import annotations
 import json
 import math
 import struct
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .quant import QuantMode
 
 from .device import GpuInfo, Precision
-from .settings import Settings
 
 GIB = 1024**3
+MIB = 1024**2
 # What torch's CUDA context and allocator take before any model (cuBLAS/cuDNN handles,
-# kernels): about 0.3-0.5 GiB on current drivers.
+# kernels): about 0.3-0.5 GiB on current drivers. Counted only when the free memory was
+# not measured after the context existed.
 CUDA_CONTEXT_BYTES = int(0.4 * GIB)
+# Kept free for the driver and a display when only the card's size is known.
+DISPLAY_RESERVE_BYTES = int(0.15 * GIB)
+# What the automatic defaults leave unplanned: estimates are estimates.
+HEADROOM_BYTES = int(0.3 * GIB)
 BYTES_PER = {Precision.FP32: 4, Precision.FP16: 2, Precision.BF16: 2}
 _SAFETENSORS_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I8": 1, "U8": 1, "I32": 4}
+_FLOAT = frozenset({"F64", "F32", "F16", "BF16"})
 
 
 class InsufficientGpuMemory(RuntimeError):
@@ -35,43 +46,116 @@ class InsufficientGpuMemory(RuntimeError):
 
 @dataclass(frozen=True)
 class MemoryNeed:
-    """What one loaded model will hold on the GPU."""
+    """What one loaded model will hold on the GPU (and beside it in CPU memory)."""
 
     service: str  # "asr" or "tts"
-    label: str  # e.g. "Qwen3-ASR weights in float16"
+    label: str  # e.g. "Qwen3-ASR (float16, int8, batch 4 x 30 s)"
     weights: int
-    working: int  # activations, KV cache, codec buffers: an estimate
+    working: int  # activations, KV cache, codec buffers: a model of the peak
+    engine: str = ""
+    precision: str = ""
+    quantization: str = "none"
+    cpu: int = 0  # weights kept in CPU memory (e.g. Qwen3-TTS's text embedding)
+    detail: str = ""
 
     @property
     def total(self) -> int:
         return self.weights + self.working
 
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "service": self.service,
+            "engine": self.engine,
+            "precision": self.precision,
+            "quantization": self.quantization,
+            "weights_bytes": self.weights,
+            "working_bytes": self.working,
+            "cpu_bytes": self.cpu,
+            "detail": self.detail,
+        }
 
-def safetensors_parameters(folder: Path, *, recursive: bool = False) -> int:
-    """Parameter count of a checkpoint, read from the tensor headers (no weights loaded)."""
-    pattern = "**/*.safetensors" if recursive else "*.safetensors"
-    count = 0
+
+@dataclass(frozen=True)
+class TensorHeader:
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+def read_headers(folder: Path, pattern: str = "*.safetensors") -> dict[str, TensorHeader]:
+    """Every tensor's name, dtype and shape from safetensors headers (no weights read)."""
+    tensors: dict[str, TensorHeader] = {}
     for file in sorted(folder.glob(pattern)):
         with file.open("rb") as handle:
             (size,) = struct.unpack("<Q", handle.read(8))
             header = json.loads(handle.read(size))
-        count += sum(
-            math.prod(entry["shape"])
-            for key, entry in header.items()
-            if key != "__metadata__" and entry.get("dtype") in _SAFETENSORS_BYTES
-        )
-    return count
+        for key, entry in header.items():
+            if key != "__metadata__" and entry.get("dtype") in _SAFETENSORS_BYTES:
+                tensors[key] = TensorHeader(entry["dtype"], tuple(entry["shape"]))
+    return tensors
+
+
+def safetensors_parameters(folder: Path, *, recursive: bool = False) -> int:
+    """Parameter count of a checkpoint, read from the tensor headers (no weights loaded)."""
+    pattern = "**/*.safetensors" if recursive else "*.safetensors"
+    return sum(t.numel for t in read_headers(folder, pattern).values())
+
+
+def checkpoint_bytes(
+    headers: dict[str, TensorHeader],
+    precision: Precision,
+    quant: QuantMode,
+    quantisable: Callable[[str], bool],
+    *,
+    skip: Collection[str] = (),
+    include: Callable[[str], bool] = lambda _name: True,
+) -> int:
+    """Bytes the tensors will hold once loaded: floating tensors at ``precision``, 2-D
+    weights that ``quantisable`` accepts at their quantised size, integer buffers as
+    stored. ``skip`` names tensors that are not resident (a tied copy, a CPU part)."""
+    total = 0
+    for name, tensor in headers.items():
+        if name in skip or not include(name):
+            continue
+        if tensor.dtype not in _FLOAT:
+            total += tensor.numel * _SAFETENSORS_BYTES[tensor.dtype]
+        elif (
+            quant != "none"
+            and len(tensor.shape) == 2
+            and name.endswith(".weight")
+            and quantisable(name)
+        ):
+            from .quant import quantized_weight_bytes
+
+            rows, cols = tensor.shape
+            total += quantized_weight_bytes([(rows, cols)], quant, precision)
+        else:
+            total += tensor.numel * BYTES_PER[precision]
+    return total
 
 
 def gib(value: int) -> str:
-    return f"{value / GIB:.1f} GiB"
+    return f"{value / GIB:.2f} GiB"
 
 
 @dataclass(frozen=True)
 class MemoryPlan:
+    """The configured models on one GPU, and whether they fit."""
+
     needs: tuple[MemoryNeed, ...]
     gpu: GpuInfo
-    overhead: int = CUDA_CONTEXT_BYTES
+    fixes: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def overhead(self) -> int:
+        """What the CUDA context and the driver take that ``available`` does not already
+        exclude: nothing when free memory was measured with our context alive."""
+        if self.gpu.free_bytes is None:
+            return CUDA_CONTEXT_BYTES + DISPLAY_RESERVE_BYTES
+        return 0 if self.gpu.context_counted else CUDA_CONTEXT_BYTES
 
     @property
     def total(self) -> int:
@@ -82,53 +166,49 @@ class MemoryPlan:
         return self.gpu.free_bytes if self.gpu.free_bytes is not None else self.gpu.total_bytes
 
     @property
+    def headroom(self) -> int:
+        return self.available - self.total
+
+    @property
     def fits(self) -> bool:
         return self.total <= self.available
 
     def summary(self) -> str:
         parts = ", ".join(f"{need.label} {gib(need.total)}" for need in self.needs)
+        overhead = f", CUDA context {gib(self.overhead)}" if self.overhead else ""
         return (
-            f"GPU memory plan: {parts}, CUDA context {gib(self.overhead)}; "
-            f"total {gib(self.total)} of {gib(self.available)} free on {self.gpu.name}"
+            f"GPU memory plan: {parts}{overhead}; total {gib(self.total)} of "
+            f"{gib(self.available)} {'free' if self.gpu.free_bytes is not None else 'on'} "
+            f"{self.gpu.name}, headroom {gib(self.headroom)}"
         )
 
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "gpu": {
+                "name": self.gpu.name,
+                "compute_capability": ".".join(map(str, self.gpu.capability)),
+                "total_bytes": self.gpu.total_bytes,
+                "free_bytes": self.gpu.free_bytes,
+            },
+            "fits": self.fits,
+            "total_bytes": self.total,
+            "available_bytes": self.available,
+            "overhead_bytes": self.overhead,
+            "headroom_bytes": self.headroom,
+            "needs": [need.as_dict() for need in self.needs],
+            "fixes": list(self.fixes),
+        }
 
-def check_plan(plan: MemoryPlan, suggestions: Sequence[str]) -> None:
-    """Raise with one line if the plan does not fit; ``suggestions`` are the fixes that
-    apply to this configuration, best first."""
+
+def check_plan(plan: MemoryPlan, suggestions: Sequence[str] | None = None) -> None:
+    """Raise with one line if the plan does not fit; the fixes are those that were shown
+    to make it fit, best first."""
     if plan.fits:
         return
-    fix = suggestions[0] if suggestions else "use smaller models or DEVICE=cpu"
+    fixes = list(plan.fixes if suggestions is None else suggestions)
+    fix = "; or ".join(fixes[:2]) if fixes else "use smaller models or DEVICE=cpu"
     raise InsufficientGpuMemory(
         f"the configured models need about {gib(plan.total)} of GPU memory but "
-        f"{plan.gpu.name} has {gib(plan.available)} free: {fix} "
+        f"{plan.gpu.name} has {gib(plan.available)}: {fix} "
         "(MEMORY_CHECK=false skips this check)"
     )
-
-
-def suggestions(settings: Settings, plan: MemoryPlan) -> list[str]:
-    """What would make this configuration fit, in the order worth trying (SPEC §2's
-    advice for 4 GB cards first)."""
-    fixes = []
-    by_service = {need.service: need for need in plan.needs}
-    asr, tts = by_service.get("asr"), by_service.get("tts")
-    if asr is not None and settings.asr_engine == "qwen3-asr" and "float32" in asr.label:
-        fixes.append("load Qwen3-ASR in FP16 (QWEN_ASR_USE_FP16=true, ASR_DTYPE=auto)")
-    if (
-        tts is not None
-        and settings.tts_engine == "qwen3-tts"
-        and tts.label.startswith("Qwen3-TTS (float32")
-    ):
-        fixes.append("load the Qwen3-TTS talker in FP16 (TTS_DTYPE=float16)")
-    if tts is not None and settings.tts_engine == "qwen3-tts" and settings.qwen_tts_chunk_size == 0:
-        fixes.append("turn TTS chunking on (QWEN_TTS_CHUNK_SIZE=200)")
-    batch = settings.qwen_asr_max_batch_size
-    if asr is not None and settings.asr_engine == "qwen3-asr" and (batch is None or batch > 4):
-        fixes.append("decode fewer requests together (QWEN_ASR_MAX_BATCH_SIZE=4)")
-    if asr is not None and tts is not None:
-        fixes.append(
-            "run one service on this GPU (`wyoming-opentalker asr` or `tts`) and the other "
-            "on another box or DEVICE=cpu"
-        )
-    fixes.append("use a smaller model or DEVICE=cpu")
-    return fixes

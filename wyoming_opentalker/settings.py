@@ -21,6 +21,7 @@ from urllib.parse import urlparse
 SERVICES = ("asr", "tts")
 ASR_ENGINES = ("faster-whisper", "qwen3-asr")
 TTS_ENGINES = ("piper", "qwen3-tts")
+QUANT_MODES = ("auto", "none", "int8", "nf4")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -53,6 +54,7 @@ class Settings:
     qwen_asr_max_new_tokens: int = 512
     asr_dtype: str = "auto"
     asr_batch_window_ms: float = 5.0
+    qwen_asr_quant: str = "auto"
     # TTS
     tts_engine: str = "piper"
     tts_model: str | None = None
@@ -61,6 +63,8 @@ class Settings:
     qwen_tts_stream_window: int = 8
     tts_dtype: str = "auto"
     qwen_tts_max_new_tokens: int | None = None
+    qwen_tts_quant: str = "auto"
+    tts_strict_voice: bool = False
     # Limits
     max_event_bytes: int = 4 * 1024 * 1024
     max_audio_seconds: float = 300.0
@@ -305,6 +309,13 @@ OPTIONS: tuple[Option, ...] = (
         "how long a lone request waits for others to batch with",
     ),
     Option(
+        "qwen_asr_quant",
+        "--qwen-asr-quant",
+        "QWEN_ASR_QUANT",
+        _choice(QUANT_MODES),
+        "Qwen3-ASR weight-only quantisation of linear layers: auto (by GPU), none, int8, nf4",
+    ),
+    Option(
         "tts_engine",
         "--tts-engine",
         "TTS_ENGINE",
@@ -346,6 +357,21 @@ OPTIONS: tuple[Option, ...] = (
         "QWEN_TTS_MAX_NEW_TOKENS",
         _int_at_least(1),
         "most codec frames Qwen3-TTS generates for one chunk (default: the model's)",
+    ),
+    Option(
+        "qwen_tts_quant",
+        "--qwen-tts-quant",
+        "QWEN_TTS_QUANT",
+        _choice(QUANT_MODES),
+        "Qwen3-TTS talker weight-only quantisation: auto (by GPU), none, int8, nf4",
+    ),
+    Option(
+        "tts_strict_voice",
+        "--tts-strict-voice",
+        "TTS_STRICT_VOICE",
+        _bool,
+        "answer an unknown voice name with an error instead of the default voice",
+        is_flag=True,
     ),
     Option(
         "max_event_bytes",

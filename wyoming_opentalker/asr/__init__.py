@@ -165,5 +165,9 @@ class AsrService:
             return
         self.requests_served += len(jobs)
         for job, result in zip(jobs, results, strict=True):
-            if not job.future.done():
+            if job.future.done():
+                continue
+            if isinstance(result, EngineError):  # this request alone failed (e.g. OOM)
+                job.future.set_exception(result)
+            else:
                 job.future.set_result(result)

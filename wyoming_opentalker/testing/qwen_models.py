@@ -112,10 +112,32 @@ def _byte_level_tokenizer(special: list[str], vocab_size: int = 400) -> Any:
     return tokenizer
 
 
+def save_header_only(model: Any, path: Path, config: Any) -> None:
+    """Write ``config.json`` and a ``model.safetensors`` whose header lists every tensor of
+    ``model`` (built on the meta device) with no data: the memory planner reads headers
+    only, so the released shapes are checked without writing gigabytes."""
+    import struct
+
+    dtypes = {"torch.float32": "F32", "torch.bfloat16": "BF16", "torch.float16": "F16"}
+    header: dict[str, Any] = {}
+    for name, tensor in model.state_dict().items():
+        dtype = dtypes.get(str(tensor.dtype), "I64" if not tensor.is_floating_point() else "F32")
+        header[name] = {"dtype": dtype, "shape": list(tensor.shape), "data_offsets": [0, 0]}
+    data = json.dumps(header).encode()
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "model.safetensors").write_bytes(struct.pack("<Q", len(data)) + data)
+    config.save_pretrained(path)
+
+
 def build_qwen3_asr(
-    path: Path, size: Size = "tiny", languages: tuple[str, ...] = ("Chinese", "English")
+    path: Path,
+    size: Size = "tiny",
+    languages: tuple[str, ...] = ("Chinese", "English"),
+    *,
+    header_only: bool = False,
 ) -> Path:
-    """Save a random Qwen3-ASR checkpoint (config, weights, tokenizer, processor) in ``path``."""
+    """Save a random Qwen3-ASR checkpoint (config, weights, tokenizer, processor) in ``path``;
+    ``header_only`` writes the tensors' shapes but no data (for the memory planner)."""
     import torch
     from qwen_asr.core.transformers_backend import (
         Qwen3ASRConfig,
@@ -156,6 +178,10 @@ def build_qwen3_asr(
         support_languages=list(languages),
     )
     config.architectures = ["Qwen3ASRForConditionalGeneration"]
+    if header_only:
+        with torch.device("meta"):
+            save_header_only(Qwen3ASRForConditionalGeneration(config), path, config)
+        return path
     torch.manual_seed(0)
     model = Qwen3ASRForConditionalGeneration(config)
     model.save_pretrained(path)
@@ -323,8 +349,11 @@ TTS_TINY: dict[str, Any] = {
 }
 
 
-def build_qwen3_tts(path: Path, size: Size = "tiny", max_new_tokens: int = 2048) -> Path:
-    """Save a random Qwen3-TTS CustomVoice checkpoint with its ``speech_tokenizer/``."""
+def build_qwen3_tts(
+    path: Path, size: Size = "tiny", max_new_tokens: int = 2048, *, header_only: bool = False
+) -> Path:
+    """Save a random Qwen3-TTS CustomVoice checkpoint with its ``speech_tokenizer/``;
+    ``header_only`` writes the tensors' shapes but no data (for the memory planner)."""
     import torch
     from transformers import EncodecFeatureExtractor, Qwen2TokenizerFast
 
@@ -380,7 +409,11 @@ def build_qwen3_tts(path: Path, size: Size = "tiny", max_new_tokens: int = 2048)
     )
     config.architectures = ["Qwen3TTSForConditionalGeneration"]
     torch.manual_seed(0)
-    Qwen3TTSForConditionalGeneration(config).save_pretrained(path)
+    if header_only:
+        with torch.device("meta"):
+            save_header_only(Qwen3TTSForConditionalGeneration(config), path, config)
+    else:
+        Qwen3TTSForConditionalGeneration(config).save_pretrained(path)
     # The saved speaker_encoder_config carries a model_type that breaks loading (SPEC §4).
     config_file = path / "config.json"
     saved = json.loads(config_file.read_text())
@@ -397,6 +430,10 @@ def build_qwen3_tts(path: Path, size: Size = "tiny", max_new_tokens: int = 2048)
         encoder_valid_num_quantizers=groups,
     )
     codec_config.architectures = ["Qwen3TTSTokenizerV2Model"]
+    if header_only:
+        with torch.device("meta"):
+            save_header_only(Qwen3TTSTokenizerV2Model(codec_config), codec_path, codec_config)
+        return path
     codec = Qwen3TTSTokenizerV2Model(codec_config)
     with torch.no_grad():  # the EMA codebooks start at zero, which would decode to silence
         for name, tensor in [*codec.named_parameters(), *codec.named_buffers()]:

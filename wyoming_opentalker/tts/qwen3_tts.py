@@ -4,18 +4,29 @@
 sentence is finished, this engine watches the talker's codec frames as they are generated
 and decodes them in windows of ``QWEN_TTS_STREAM_WINDOW`` frames (80 ms each) with the
 left context the causal codec needs, while generation continues in a helper thread.
+
+Residency is lean so both Qwen models fit a 4 GB card: the talker's 151,936 x 2048 text
+embedding (0.58 GiB in 16-bit) is only looked up while building the prompt, so it stays
+in CPU memory; the codec's encoder (voice cloning only) is dropped; the codec decoder is
+loaded in FP32 straight from its files (casting a 16-bit load up would keep any value
+beyond FP16's range as ``inf``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import importlib.machinery
+import json
 import logging
 import queue
 import sys
 import threading
+import time
 import types
 from collections.abc import Iterator
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,14 +37,18 @@ from ..device import (
     Precision,
     PrecisionChoice,
     choose_precision,
+    cpu_speed_warning,
     gpu_info,
     weight_bytes,
 )
 from ..engine import EngineError, EngineInfo, TtsEngine, TtsRequest, Voice
 from ..languages import CODES, NAMES
-from ..memory import BYTES_PER, GIB, MemoryNeed, safetensors_parameters
+from ..memory import BYTES_PER, GIB, MIB, MemoryNeed, checkpoint_bytes, read_headers
 from ..models import ModelSource, ResolvedModel, resolve_configured
 from ..settings import Settings
+
+if TYPE_CHECKING:
+    from ..quant import QuantMode
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -60,6 +75,10 @@ class _Abandoned(Exception):
     """Raised inside generation when nobody wants the audio any more."""
 
 
+class _Overflow(Exception):
+    """Raised inside generation when the talker's logits are not finite."""
+
+
 class _Missing(types.ModuleType):
     """Stands in for a module only the 25 Hz tokenizer and voice cloning use."""
 
@@ -81,8 +100,9 @@ def import_qwen_tts() -> bool:
     import only (after transformers has probed for the real ones), so a later use
     raises a clear ImportError instead of the whole engine failing to load.
     """
-    if "qwen_tts" in sys.modules:
-        return not isinstance(sys.modules.get("torchaudio"), _Missing)
+    if "qwen_tts" in sys.modules:  # a real torchaudio stays imported; a placeholder does not
+        loaded = sys.modules.get("torchaudio")
+        return loaded is not None and not isinstance(loaded, _Missing)
     import transformers  # noqa: F401  (its availability probes must see the real state)
 
     placeholders: dict[str, _Missing] = {}
@@ -113,55 +133,213 @@ def resolve(settings: Settings) -> ResolvedModel:
 
 
 def tts_precision(device: str, gpu: GpuInfo | None, requested: str = "auto") -> PrecisionChoice:
-    """bfloat16 where native (sm_80+), FP16 on Volta/Turing, FP32 on Pascal and the CPU;
-    ``TTS_DTYPE`` overrides (still subject to what the device can do)."""
+    """bfloat16 where native (sm_80+), else FP16 (Pascal included: FP16 storage with FP32
+    accumulation runs there, and an FP32 talker, 2.2 GiB, cannot share a 4 GB card); FP32
+    on the CPU. ``TTS_DTYPE`` overrides (still subject to what the device can do)."""
     wanted = Precision.BF16 if requested == "auto" else Precision(requested)
-    return choose_precision(wanted, device, gpu)
+    return choose_precision(wanted, device, gpu, fallback=Precision.FP16)
 
 
-# Generating one chunk: the talker's KV cache (28 layers x 8 KV heads x 128, ~112 KiB a
-# position in 16-bit) over the text and ~3 codec frames a character, the code predictor,
-# and the codec decoding a window. Chunking bounds it; without chunking it grows with the
-# text, so the estimate assumes 1,000 characters.
-_WORKING_FIXED = int(0.25 * GIB)
-_WORKING_PER_CHAR = 4 * 112 * 1024
+# Frames a chunk may run to before it is cut off: generous for slow speech and numbers
+# read out (a Chinese character is ~3 frames spoken, an English one ~1), but a model that
+# never emits its stop frame stops here instead of after 2,048 frames (164 s).
+FRAME_CAP_BASE = 25
+FRAME_CAP_PER_CHAR = 6
+# How long a chunk that ran out of memory waits before it is retried in halves: under
+# plan A the likely cause is a Qwen3-ASR prefill on the same card, over within a second.
+OOM_RETRY_WAIT = 0.5
+# A codec decode's peak per frame decoded at once (FP32; 1.07 GiB for 300 frames), and
+# the most frames upstream's whole-utterance decoder takes in one go.
+_DECODE_PER_FRAME = int(1.07 * GIB / 300)
+_DECODE_MAX_FRAMES = 300
+# Prompt tokens per character of text (byte-level BPE; Chinese ~1.5) and fixed prompt.
+_PROMPT_PER_CHAR = 2
+_PROMPT_FIXED = 16
+_WORKING_FIXED = 96 * MIB
+UNCHUNKED_PLAN_CHARS = 1000
+
+
+def frame_cap(text: str, configured: int | None) -> int:
+    """Most codec frames one chunk of ``text`` may generate."""
+    cap = FRAME_CAP_BASE + FRAME_CAP_PER_CHAR * len(text)
+    return min(cap, configured) if configured else cap
+
+
+def talker_resident(name: str) -> bool:
+    """Talker tensors that live on the GPU: all but the text embedding (CPU) and the
+    speaker encoder (voice cloning only)."""
+    return "text_embedding" not in name and not name.startswith("speaker_encoder")
+
+
+def codec_resident(name: str) -> bool:
+    """Codec tensors on the GPU: the decoder; the encoder serves voice cloning only."""
+    return name.startswith("decoder.")
+
+
+def quantisable(name: str) -> bool:
+    """Talker linears that weight-only quantisation converts: not the embeddings, not the
+    output heads (the codec head and the predictor's heads stay 16-bit)."""
+    return not any(part in name for part in ("embedding", "codec_head", "lm_head"))
+
+
+def _talker_shape(path: Path) -> tuple[int, int]:
+    """KV bytes per position per element byte, and the text embedding's width."""
+    talker = json.loads((path / "config.json").read_text())["talker_config"]
+    heads = int(talker.get("num_attention_heads", 16))
+    head_dim = int(talker.get("head_dim", int(talker.get("hidden_size", 1024)) // heads))
+    kv = (
+        2
+        * int(talker.get("num_hidden_layers", 28))
+        * int(talker.get("num_key_value_heads", heads))
+        * head_dim
+    )
+    return kv, int(talker.get("text_hidden_size", 2048))
+
+
+def working_bytes(path: Path, element: int, settings: Settings) -> int:
+    """One chunk: the talker's KV over prompt and frame cap, and the codec decoding a
+    window (or a whole chunk, up to upstream's 300-frame pieces, with windows off)."""
+    # Chunking off has no bound but the text limit; plan for a 1,000-character answer (a
+    # longer one that runs out of memory is retried in halves).
+    chars = settings.qwen_tts_chunk_size or min(UNCHUNKED_PLAN_CHARS, settings.max_text_chars)
+    kv_per_position, _ = _talker_shape(path)
+    frames = frame_cap("x" * chars, settings.qwen_tts_max_new_tokens)
+    positions = _PROMPT_FIXED + _PROMPT_PER_CHAR * chars + frames
+    window = settings.qwen_tts_stream_window
+    decoded = min(frames, _DECODE_MAX_FRAMES) if window == 0 else window + LEFT_CONTEXT_FRAMES
+    return _WORKING_FIXED + positions * kv_per_position * element + decoded * _DECODE_PER_FRAME
+
+
+def tts_quant(settings: Settings) -> QuantMode:
+    """The configured quantisation; ``auto`` has been resolved by the start-up planner."""
+    mode = settings.qwen_tts_quant
+    return "none" if mode == "auto" else mode  # type: ignore[return-value]
 
 
 def memory_need(settings: Settings, device: str, gpu: GpuInfo | None) -> MemoryNeed:
-    """Talker at its precision, the codec in FP32, and one chunk's working memory."""
+    """Talker at its precision (text embedding in CPU memory), the codec decoder in FP32,
+    and one chunk's working memory."""
     precision = tts_precision(device, gpu, settings.tts_dtype).precision
     path = resolve(settings).path
-    talker = safetensors_parameters(path)
-    codec = safetensors_parameters(path / "speech_tokenizer")
-    chars = settings.qwen_tts_chunk_size or 1000
+    quant = tts_quant(settings)
+    talker = read_headers(path)
+    codec = read_headers(path / "speech_tokenizer")
+    weights = checkpoint_bytes(talker, precision, quant, quantisable, include=talker_resident)
+    weights += checkpoint_bytes(codec, Precision.FP32, "none", quantisable, include=codec_resident)
+    cpu = sum(t.numel * BYTES_PER[precision] for n, t in talker.items() if "text_embedding" in n)
+    detail = (
+        f"chunk {settings.qwen_tts_chunk_size or 'off'}, "
+        f"window {settings.qwen_tts_stream_window or 'off'}"
+    )
     return MemoryNeed(
         "tts",
-        f"Qwen3-TTS ({precision.value}, codec float32, chunk {settings.qwen_tts_chunk_size})",
-        talker * BYTES_PER[precision] + codec * BYTES_PER[Precision.FP32],
-        _WORKING_FIXED + chars * _WORKING_PER_CHAR,
+        f"Qwen3-TTS ({precision.value}{'' if quant == 'none' else ', ' + quant}, "
+        f"codec float32, {detail})",
+        weights,
+        working_bytes(path, BYTES_PER[precision], settings),
+        engine="qwen3-tts",
+        precision=precision.value,
+        quantization=quant,
+        cpu=cpu,
+        detail=detail,
     )
+
+
+class CpuEmbedding:
+    """The talker's text embedding kept in CPU memory: rows are looked up there and only
+    those rows move to the GPU for the projection. A plain attribute, not a submodule,
+    so moving the model never drags the 0.58 GiB table onto the card."""
+
+    def __init__(self, weight: Any) -> None:
+        self.weight = weight
+
+    def __call__(self, ids: Any) -> Any:
+        import torch.nn.functional as F
+
+        return F.embedding(ids.to(self.weight.device), self.weight).to(ids.device)
+
+
+@contextlib.contextmanager
+def _codec_loads_in_fp32() -> Iterator[None]:
+    """Make the codec load in FP32 on the CPU from its own files, whatever precision the
+    talker is loaded in (upstream passes the talker's dtype on)."""
+    import torch
+    from qwen_tts.core.models import modeling_qwen3_tts as modeling
+
+    original = modeling.Qwen3TTSTokenizer.from_pretrained
+
+    def fp32(path: str, *args: Any, **kwargs: Any) -> Any:
+        kwargs.update(dtype=torch.float32, device_map="cpu")
+        return original(path, *args, **kwargs)
+
+    modeling.Qwen3TTSTokenizer.from_pretrained = fp32
+    try:
+        yield
+    finally:
+        modeling.Qwen3TTSTokenizer.from_pretrained = original
+
+
+_LOAD_LOCK = threading.Lock()
+
+
+def load_lean(path: str, dtype: Any, device: str, quant: QuantMode = "none") -> Any:
+    """``Qwen3TTSModel.from_pretrained`` into CPU memory, then only what CustomVoice
+    serving needs goes to ``device``: the talker without its text embedding, the codec
+    decoder in FP32; the codec encoder is dropped. Returns the ``Qwen3TTSModel``."""
+    import torch
+    from qwen_tts import Qwen3TTSModel
+
+    with _LOAD_LOCK, _codec_loads_in_fp32():
+        model = Qwen3TTSModel.from_pretrained(path, dtype=dtype, device_map="cpu")
+    inner = model.model
+    text_model = inner.talker.model
+    weight = text_model.text_embedding.weight.detach()
+    del text_model.text_embedding  # a submodule no more; the lookup below replaces it
+    text_model.text_embedding = CpuEmbedding(weight)
+    codec = inner.speech_tokenizer
+    codec.model.encoder = None
+    target = torch.device(device)
+    if quant != "none":  # straight from CPU memory to packed on the device
+        from ..quant import quantize_linears
+
+        report = quantize_linears(
+            inner.talker, quant, device, skip=lambda name, _m: not quantisable(name)
+        )
+        _LOGGER.info("Qwen3-TTS talker quantised: %s", report.summary())
+    inner.to(target)
+    codec.model.to(target)
+    codec.device = target
+    model.device = target
+    gc.collect()
+    return model
 
 
 class Qwen3TtsEngine(TtsEngine):
     """``Qwen3TTSModel`` loaded through its own ``from_pretrained``, like real weights."""
 
     def __init__(self, settings: Settings, device: str) -> None:
+        from ..quant import quant_available, quiet_import_warnings
+
+        self.quantization = tts_quant(settings)
+        reason = quant_available(self.quantization, device)
+        if reason is not None:
+            raise EngineError(f"QWEN_TTS_QUANT={self.quantization}: {reason}")
+        quiet_import_warnings()
         self.cloning_available = import_qwen_tts()
         # qwen_tts logs config defaults at INFO on every generate(); keep ours readable.
         logging.getLogger("qwen_tts").setLevel(logging.WARNING)
         import torch
-        from qwen_tts import Qwen3TTSModel
 
         self._torch = torch
         resolved = resolve(settings)
         choice = tts_precision(device, gpu_info(device), settings.tts_dtype)
         _LOGGER.info("Qwen3-TTS talker precision: %s (%s)", choice.precision.value, choice.reason)
-        self._model = Qwen3TTSModel.from_pretrained(
-            str(resolved.path), dtype=getattr(torch, choice.precision.value), device_map=device
+        if not device.startswith("cuda"):
+            cpu_speed_warning("Qwen3-TTS", "minutes per sentence on 2 cores")
+        self._model = load_lean(
+            str(resolved.path), getattr(torch, choice.precision.value), device, self.quantization
         )
-        # The speech codec has been reported to decode silence in bf16: always FP32.
         codec = self._model.model.speech_tokenizer
-        codec.model.to(torch.float32)
         self._codec = codec.model
         self._upsample = int(self._codec.get_decode_upsample_rate())
         self._rate = int(self._codec.get_output_sample_rate())
@@ -175,30 +353,42 @@ class Qwen3TtsEngine(TtsEngine):
         by_lower = {voice.name.lower(): voice.name for voice in self._voices}
         wanted = settings.qwen_tts_speaker
         if wanted is not None and wanted.lower() not in by_lower:
-            raise EngineError(
-                f"speaker {wanted!r} is not in this model (have: {', '.join(by_lower.values())})"
+            _LOGGER.warning(
+                "QWEN_TTS_SPEAKER=%s is not a voice of this model; using %s (have: %s)",
+                wanted,
+                self._voices[0].name,
+                ", ".join(by_lower.values()),
             )
+            wanted = None
         self._default = by_lower[wanted.lower()] if wanted else self._voices[0].name
         weights = weight_bytes(self._model.model, self._codec)  # codec: not a submodule
+        self.cpu_bytes = int(
+            self._model.model.talker.model.text_embedding.weight.numel()
+            * self._model.model.talker.model.text_embedding.weight.element_size()
+        )
         import qwen_tts
 
+        quant = "" if self.quantization == "none" else f", {self.quantization} linears"
         self._info = EngineInfo(
             engine="qwen3-tts",
             model=resolved.name,
             model_path=str(resolved.path),
             device=device,
-            precision=f"{choice.precision.value}, codec float32",
+            precision=f"{choice.precision.value}{quant}, codec float32",
             weights_bytes=weights,
             version=f"qwen-tts {getattr(qwen_tts, '__version__', '0.1.1')}",
             description=f"Qwen3-TTS {resolved.name}",
             attribution=("Alibaba Qwen", "https://github.com/QwenLM/Qwen3-TTS"),
         )
         _LOGGER.info(
-            "Qwen3-TTS: %d voices, streaming window %s, voice cloning %s, weights %.0f MiB",
+            "Qwen3-TTS: %d voices, streaming window %s, voice cloning %s, weights %.0f MiB "
+            "on %s + text embedding %.0f MiB in CPU memory",
             len(self._voices),
             f"{self._window} frames" if self._window else "off",
             "available" if self.cloning_available else "unavailable (torchaudio missing)",
             weights / 2**20,
+            device,
+            self.cpu_bytes / 2**20,
         )
 
     def _build_voices(self) -> list[Voice]:
@@ -244,8 +434,10 @@ class Qwen3TtsEngine(TtsEngine):
         return name
 
     def synthesize(self, request: TtsRequest) -> Iterator[np.ndarray]:
-        """Audio for one chunk. A CUDA out-of-memory before any audio left frees the cache
-        and retries the chunk in halves; if even that fails, the request gets an error."""
+        """Audio for one chunk. A CUDA out-of-memory before any audio left is handled
+        outside the ``except`` block (whose traceback pins the failed attempt's KV
+        cache): collect, empty the cache, wait briefly for whatever else was using the
+        card, then retry the chunk in halves; if even that fails, an error."""
         language = self._language(request.language)
         speaker = request.voice.lower()
         produced = False
@@ -253,21 +445,31 @@ class Qwen3TtsEngine(TtsEngine):
             for piece in self._speak(request.text, speaker, language):
                 produced = True
                 yield piece
+            return
         except self._torch.OutOfMemoryError:
+            pass
+        self._free()
+        if produced or len(request.text) < 2:
+            raise EngineError("out of GPU memory while speaking", "out-of-memory")
+        time.sleep(OOM_RETRY_WAIT)
+        half = max(1, len(request.text) // 2)
+        _LOGGER.warning("Out of GPU memory on %d characters: retrying in halves", len(request.text))
+        try:
+            for part in split_long(request.text, half):
+                yield from self._speak(part, speaker, language)
+            return
+        except self._torch.OutOfMemoryError:
+            pass
+        self._free()
+        raise EngineError(
+            "out of GPU memory even for a smaller chunk; lower QWEN_TTS_CHUNK_SIZE",
+            "out-of-memory",
+        )
+
+    def _free(self) -> None:
+        gc.collect()
+        if self._torch.cuda.is_available():
             self._torch.cuda.empty_cache()
-            if produced or len(request.text) < 2:
-                raise EngineError("out of GPU memory while speaking", "out-of-memory") from None
-            half = max(1, len(request.text) // 2)
-            _LOGGER.warning("Out of GPU memory on %d characters: retrying in halves", half * 2)
-            try:
-                for part in split_long(request.text, half):
-                    yield from self._speak(part, speaker, language)
-            except self._torch.OutOfMemoryError:
-                self._torch.cuda.empty_cache()
-                raise EngineError(
-                    "out of GPU memory even for a smaller chunk; lower QWEN_TTS_CHUNK_SIZE",
-                    "out-of-memory",
-                ) from None
 
     def _speak(self, text: str, speaker: str, language: str) -> Iterator[np.ndarray]:
         if not self._window:
@@ -277,20 +479,24 @@ class Qwen3TtsEngine(TtsEngine):
         yield from self._speak_windowed(text, speaker, language)
 
     def generate_codes(self, text: str, speaker: str, language: str, on_frame: Any = None) -> Any:
-        """The talker's codec frames (T x groups) for one text; ``on_frame`` sees each
-        frame as soon as it exists."""
+        """The talker's codec frames (T x groups) for one text, at most ``frame_cap``;
+        ``on_frame`` sees each frame as soon as it exists. Non-finite logits (an FP16
+        overflow) end the chunk with an error instead of sampling noise."""
         model = self._model
         input_ids = model._tokenize_texts([model._build_assistant_text(text)])
-        kwargs = model._merge_generate_kwargs(max_new_tokens=self._max_new_tokens)
-        hook = None
-        if on_frame is not None:
+        configured = model._merge_generate_kwargs(max_new_tokens=self._max_new_tokens)
+        cap = frame_cap(text, int(configured["max_new_tokens"]))
+        kwargs = {**configured, "max_new_tokens": cap}
 
-            def watch(_module: Any, _args: Any, output: Any) -> None:
-                frame = output.hidden_states[1]
-                if frame is not None:
-                    on_frame(frame[0].detach())
+        def watch(_module: Any, _args: Any, output: Any) -> None:
+            logits = getattr(output, "logits", None)
+            if logits is not None and not bool(logits[:, -1].isfinite().all()):
+                raise _Overflow
+            frame = output.hidden_states[1]
+            if frame is not None and on_frame is not None:
+                on_frame(frame[0].detach())
 
-            hook = model.model.talker.register_forward_hook(watch)
+        hook = model.model.talker.register_forward_hook(watch)
         try:
             with self._torch.inference_mode():
                 codes, _ = model.model.generate(
@@ -301,9 +507,16 @@ class Qwen3TtsEngine(TtsEngine):
                     non_streaming_mode=True,
                     **kwargs,
                 )
+        except _Overflow:
+            raise EngineError(
+                "Qwen3-TTS overflowed (inf/NaN) in its current precision on this text; "
+                "TTS_DTYPE=float32 avoids it at twice the memory",
+                "numeric-overflow",
+            ) from None
         finally:
-            if hook is not None:
-                hook.remove()
+            hook.remove()
+        if len(codes[0]) >= cap - 1:  # the last step's frame is not returned
+            _LOGGER.warning("A chunk of %d characters reached its %d-frame cap", len(text), cap)
         return codes[0]
 
     def decode(self, codes: Any) -> np.ndarray:
