@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import time
 from collections import defaultdict
@@ -13,6 +14,7 @@ import pytest
 from wyoming.asr import Transcribe, Transcript
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.error import Error
+from wyoming.event import Event
 from wyoming.info import Describe
 
 from wyoming_opentalker.client import Connection, audio_events, describe, transcribe
@@ -156,31 +158,58 @@ async def _expect_error(conn: Connection, code: str) -> Error:
     return error
 
 
-async def test_bad_requests_get_errors_and_the_server_keeps_serving(server: Server) -> None:
+async def _fails_once(port: int, events: list[Event], code: str) -> Error:
+    """A failed request: exactly one error, then the server closes the connection."""
+    started = time.monotonic()
+    async with Connection(port) as conn:
+        # closed while we were still sending: the error is still there to be read
+        with contextlib.suppress(ConnectionError):
+            await conn.send(*events)
+        error = await _expect_error(conn, code)
+        assert await conn.read(5) is None  # nothing more: no transcript, no more errors
+    assert time.monotonic() - started < 5
+    return error
+
+
+async def test_bad_requests_get_one_error_then_a_close(server: Server) -> None:
     pcm = GOFORWARD.read_bytes()
-    async with Connection(server.asr) as conn:
-        # audio before audio-start
-        await conn.send(AudioChunk(rate=16000, width=2, channels=1, audio=pcm[:3200]).event())
-        await _expect_error(conn, "out-of-order")
-        # audio-stop without audio-start
-        await conn.send(AudioStop().event())
-        await _expect_error(conn, "out-of-order")
-        # zero-length upload
-        await conn.send(AudioStart(rate=16000, width=2, channels=1).event(), AudioStop().event())
-        await _expect_error(conn, "no-audio")
-        # unsupported language
-        await conn.send(Transcribe(language="zh").event())
-        error = await _expect_error(conn, "unsupported-language")
-        assert "zh" in error.text and "en" in error.text
-        # absurd formats
-        for rate, width, channels in ((0, 2, 1), (16000, 3 * 7, 1), (16000, 2, 64)):
-            await conn.send(AudioStart(rate=rate, width=width, channels=channels).event())
-            await _expect_error(conn, "bad-audio-format")
-        # the same connection still works
-        await conn.send(Transcribe(language="en").event(), *audio_events(pcm, 16000, 2, 1))
-        event = await conn.read()
-        assert event is not None and Transcript.is_type(event.type), event
+    start = AudioStart(rate=16000, width=2, channels=1).event()
+    chunk = AudioChunk(rate=16000, width=2, channels=1, audio=pcm[:3200]).event()
+    await _fails_once(server.asr, [chunk, chunk, AudioStop().event()], "out-of-order")
+    await _fails_once(server.asr, [AudioStop().event()], "out-of-order")
+    await _fails_once(server.asr, [start, AudioStop().event()], "no-audio")
+    request = [Transcribe(language="zh").event(), *audio_events(pcm, 16000, 2, 1)]
+    error = await _fails_once(server.asr, request, "unsupported-language")
+    assert "zh" in error.text and "en" in error.text
+    for rate, width, channels in ((0, 2, 1), (16000, 3 * 7, 1), (16000, 2, 64)):
+        bad = AudioStart(rate=rate, width=width, channels=channels).event()
+        await _fails_once(server.asr, [bad, chunk, chunk, chunk, chunk, chunk], "bad-audio-format")
     assert normalize(await _text(server.asr, pcm)) == "go forward ten meters"
+
+
+async def test_describe_is_not_a_request_and_keeps_the_connection(server: Server) -> None:
+    async with Connection(server.asr) as conn:
+        for _ in range(3):
+            await conn.send(Describe().event())
+            event = await conn.read(5)
+            assert event is not None and event.type == "info"
+        await conn.send(
+            Transcribe(language="en").event(), *audio_events(GOFORWARD.read_bytes(), 16000, 2, 1)
+        )
+        event = await conn.read()
+        assert event is not None and Transcript.is_type(event.type)
+
+
+async def test_transcript_is_the_first_event_after_audio_stop(server: Server) -> None:
+    async with Connection(server.asr) as conn:
+        await conn.send(
+            Transcribe(language="en").event(), *audio_events(GOFORWARD.read_bytes(), 16000, 2, 1)
+        )
+        event = await conn.read()
+        assert event is not None and event.type == "transcript", event
+        await conn.send(Describe().event())  # and nothing else was queued behind it
+        event = await conn.read(5)
+        assert event is not None and event.type == "info", event
 
 
 async def test_odd_length_pcm_is_accepted(server: Server) -> None:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 from collections.abc import Awaitable, Callable, Iterator
@@ -14,7 +15,13 @@ import pytest
 from wyoming.asr import Transcribe
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.event import Event
-from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeStop
+from wyoming.tts import (
+    Synthesize,
+    SynthesizeChunk,
+    SynthesizeStart,
+    SynthesizeStop,
+    SynthesizeVoice,
+)
 
 from wyoming_opentalker.client import Connection, describe, synthesize, transcribe
 
@@ -93,6 +100,14 @@ async def _still_healthy(server: Server) -> None:
     assert _heard_right(server, text)
     speech = await synthesize(server.tts, "The door is locked.")
     assert speech.types == ["audio-start", "audio-stop"] and speech.seconds > 0.5
+
+
+async def _one_error(conn: Connection, *codes: str) -> None:
+    """A failed request ends with exactly one error, then the server closes."""
+    event = await conn.read(10)
+    assert event is not None and event.type == "error", event
+    assert event.data["code"] in codes, event
+    assert await conn.read(5) is None
 
 
 def _audio(seconds: float, rate: int = 16000) -> bytes:
@@ -208,25 +223,41 @@ async def _unknown(s: Server) -> None:
 async def _out_of_order(s: Server) -> None:
     async with Connection(s.asr) as conn:
         await conn.send(AudioStop().event(), AudioChunk(16000, 2, 1, b"\0\0").event())
-        first, second = await conn.read(5), await conn.read(5)
-        assert first is not None and second is not None
-        assert first.data["code"] == second.data["code"] == "out-of-order"
+        await _one_error(conn, "out-of-order")
 
 
 @case("sample rate 0")
 async def _rate_zero(s: Server) -> None:
     async with Connection(s.asr) as conn:
         await conn.send(AudioStart(rate=0, width=2, channels=1).event())
-        event = await conn.read(5)
-        assert event is not None and event.data["code"] == "bad-audio-format"
+        await _one_error(conn, "bad-audio-format")
+
+
+@case("bad audio-start then ten seconds of chunks")
+async def _bad_start_flood(s: Server) -> None:
+    async with Connection(s.asr) as conn:
+        await conn.send(Transcribe(language="en").event(), AudioStart(0, 2, 1).event())
+        with contextlib.suppress(ConnectionError):  # one error, not one per chunk
+            for _ in range(156):
+                await conn.send(AudioChunk(16000, 2, 1, _audio(0.064)).event())
+            await conn.send(AudioStop().event())
+        await _one_error(conn, "bad-audio-format")
+
+
+@case("unsupported language then audio")
+async def _language_then_audio(s: Server) -> None:
+    async with Connection(s.asr) as conn:
+        await conn.send(Transcribe(language="xx").event(), AudioStart(16000, 2, 1).event())
+        await conn.send(AudioChunk(16000, 2, 1, GOFORWARD).event(), AudioStop().event())
+        await _one_error(conn, "unsupported-language")  # and no transcript
 
 
 @case("width 3 odd-sized chunks and 64 channels")
 async def _widths(s: Server) -> None:
     async with Connection(s.asr) as conn:
         await conn.send(AudioStart(rate=16000, width=2, channels=64).event())
-        event = await conn.read(5)
-        assert event is not None and event.data["code"] == "bad-audio-format"
+        await _one_error(conn, "bad-audio-format")
+    async with Connection(s.asr) as conn:
         # 24-bit is legal; 7 bytes is not a whole frame and must not break anything
         await conn.send(Transcribe(language="en").event(), AudioStart(16000, 3, 1).event())
         await conn.send(AudioChunk(16000, 3, 1, b"\1" * 7).event(), AudioStop().event())
@@ -239,9 +270,10 @@ async def _bad_fields(s: Server) -> None:
     async with Connection(s.asr) as conn:
         await conn.send(Event("audio-start", {"rate": "16000", "width": 2, "channels": 1}))
         await conn.send(Event("audio-start", {"width": 2}))
-        for _ in range(2):
-            event = await conn.read(5)
-            assert event is not None and event.data["code"] == "bad-audio-format"
+        await _one_error(conn, "bad-audio-format")
+    async with Connection(s.asr) as conn:
+        await conn.send(Event("audio-start", {"width": 2}))
+        await _one_error(conn, "bad-audio-format")
 
 
 @case("odd-length PCM")
@@ -300,9 +332,10 @@ async def _long_text(s: Server) -> None:
 async def _text_type(s: Server) -> None:
     async with Connection(s.tts) as conn:
         await conn.send(Event("synthesize", {"text": ["a", "b"]}), Event("synthesize", {}))
-        for _ in range(2):
-            event = await conn.read(10)
-            assert event is not None and event.data["code"] == "bad-text"
+        await _one_error(conn, "bad-text")
+    async with Connection(s.tts) as conn:
+        await conn.send(Event("synthesize", {}))
+        await _one_error(conn, "bad-text")
 
 
 @case("voice of the wrong shape")
@@ -328,23 +361,25 @@ async def _controls(s: Server) -> None:
 async def _orphan_chunk(s: Server) -> None:
     async with Connection(s.tts) as conn:
         await conn.send(SynthesizeChunk(text="hello").event())
-        event = await conn.read(5)
-        assert event is not None and event.data["code"] == "out-of-order"
+        await _one_error(conn, "out-of-order")
+
+
+@case("failed synthesize-start then its chunks")
+async def _failed_start(s: Server) -> None:
+    async with Connection(s.tts) as conn:
+        await conn.send(SynthesizeStart(voice=SynthesizeVoice(language="xx")).event())
+        with contextlib.suppress(ConnectionError):
+            for _ in range(20):
+                await conn.send(SynthesizeChunk(text="More text. ").event())
+            await conn.send(SynthesizeStop().event())
+        await _one_error(conn, "unsupported-language")  # not one error per chunk
 
 
 @case("two streams on one connection")
 async def _two_streams(s: Server) -> None:
     async with Connection(s.tts) as conn:
         await conn.send(SynthesizeStart().event(), SynthesizeStart().event())
-        event = await conn.read(5)
-        assert event is not None and event.data["code"] == "out-of-order"
-        await conn.send(SynthesizeChunk(text="One.").event(), SynthesizeStop().event())
-        types = []
-        while (event := await conn.read(30)) is not None:
-            types.append(event.type)
-            if event.type == "synthesize-stopped":
-                break
-        assert types[-1] == "synthesize-stopped"
+        await _one_error(conn, "out-of-order")
 
 
 @case("stream over the character limit")
@@ -353,8 +388,7 @@ async def _stream_limit(s: Server) -> None:
         await conn.send(SynthesizeStart().event())
         for _ in range(6):
             await conn.send(SynthesizeChunk(text="x" * 999).event())
-        event = await conn.read(10)
-        assert event is not None and event.data["code"] == "too-long"
+        await _one_error(conn, "too-long")
 
 
 @case("slowloris header")

@@ -4,6 +4,11 @@
 try to read 4 GB, and a malformed header ends the connection without a word. Here every
 event is read with limits and checked, a bad one gets an ``error`` event with a reason,
 and no exception in one connection can reach another or the server.
+
+A request that fails gets exactly one ``error`` and then the connection is closed. Most
+clients ignore ``error`` and wait for ``audio-stop`` or ``transcript``; the close tells them
+at once that nothing more is coming, and nothing more (a transcript, more errors) is sent
+for that request. Home Assistant opens a connection per request, so it loses nothing.
 """
 
 from __future__ import annotations
@@ -107,14 +112,14 @@ class Handler(ABC):
         self._info_event = info_event
         self.settings = settings
         self.peer = str(writer.get_extra_info("peername") or "local")
+        self._failed = asyncio.Event()  # a request failed: close after its one error
 
     async def run(self) -> None:
         limit = self.settings.max_event_bytes
         try:
             while True:
                 try:
-                    async with asyncio.timeout(self.settings.idle_timeout):
-                        event = await read_event(self.reader, limit)
+                    event = await self._next_event(limit)
                 except TimeoutError:
                     _LOGGER.info("Closing %s: idle for %gs", self.peer, self.settings.idle_timeout)
                     await self.send_error(
@@ -130,12 +135,15 @@ class Handler(ABC):
                         await self._linger()
                         break
                     continue
+                if self._failed.is_set():
+                    await self._linger()
+                    break
                 if event is None:
                     break
                 if Describe.is_type(event.type):
                     await self.write_event(self._info_event)
                     continue
-                if not await self._dispatch(event):
+                if not await self._dispatch(event) or self._failed.is_set():
                     await self._linger()
                     break
         except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
@@ -146,18 +154,47 @@ class Handler(ABC):
             with contextlib.suppress(ConnectionError, OSError):
                 await self.writer.wait_closed()
 
+    async def _next_event(self, limit: int) -> Event | None:
+        """The next event; ``None`` at the end of input or as soon as a request fails in
+        a background task (a speaking stream), which must not wait for the client's next
+        event to close. Raises ``TimeoutError`` after the idle timeout."""
+        if self._failed.is_set():
+            return None
+        read = asyncio.ensure_future(read_event(self.reader, limit))
+        failed = asyncio.ensure_future(self._failed.wait())
+        try:
+            async with asyncio.timeout(self.settings.idle_timeout):
+                await asyncio.wait({read, failed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (read, failed):
+                if not task.done():
+                    task.cancel()
+            await asyncio.gather(read, failed, return_exceptions=True)
+        if self._failed.is_set() or read.cancelled():
+            return None
+        return read.result()
+
     async def _dispatch(self, event: Event) -> bool:
         try:
             return await self.handle_event(event)
         except EngineError as err:
             _LOGGER.warning("Request from %s failed: %s", self.peer, err)
-            await self.send_error(str(err), err.code)
+            await self.fail(str(err), err.code)
         except (ConnectionError, asyncio.CancelledError):
             raise
         except Exception as err:
             _LOGGER.exception("Unexpected error handling %s from %s", event.type, self.peer)
-            await self.send_error(f"internal error: {type(err).__name__}: {err}", "internal")
-        return True
+            await self.fail(f"internal error: {type(err).__name__}: {err}", "internal")
+        return False
+
+    async def fail(self, text: str, code: str) -> None:
+        """End the current request with its one ``error``; the connection then closes.
+        Later failures of the same request (a stream task and the main loop both
+        noticing) send nothing more."""
+        if self._failed.is_set():
+            return
+        self._failed.set()
+        await self.send_error(text, code)
 
     async def _linger(self, seconds: float = 3.0) -> None:
         """Close politely after an error: send FIN, then discard what the client is

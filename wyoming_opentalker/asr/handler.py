@@ -12,7 +12,7 @@ from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.event import Event
 
 from ..audio import AudioFormatError, PcmFormat, PcmToFloat
-from ..engine import AsrRequest
+from ..engine import AsrRequest, EngineError
 from ..server import Handler
 from . import AsrService
 
@@ -27,6 +27,10 @@ def _hint_list(value: object) -> list[str]:
 
 class AsrHandler(Handler):
     """One client. Audio is converted as it arrives, so ``audio-stop`` goes straight to decode.
+
+    Anything wrong with a request (an unsupported language, a bad format, events out of
+    order, too much audio) raises ``EngineError``: one ``error``, then the connection
+    closes, so the audio that follows is neither transcribed nor answered chunk by chunk.
 
     Streaming transcript events are never sent: Home Assistant ignores them and some
     clients expect ``transcript`` to be the very next event after the audio.
@@ -63,11 +67,7 @@ class AsrHandler(Handler):
     async def _on_transcribe(self, event: Event) -> bool:
         transcribe = Transcribe.from_event(event)
         language = transcribe.language if isinstance(transcribe.language, str) else None
-        try:
-            self._language = self.service.resolve_language(language)
-        except Exception:
-            self._reset()
-            raise
+        self._language = self.service.resolve_language(language)  # unsupported: fails
         names = _hint_list(event.data.get("transcript_names"))
         terms = _hint_list(event.data.get("transcript_terms"))
         self._hints = tuple(dict.fromkeys(names + terms))  # names first: they matter more
@@ -78,9 +78,7 @@ class AsrHandler(Handler):
             start = AudioStart.from_event(event)
             fmt = PcmFormat(start.rate, start.width, start.channels).validate()
         except (KeyError, TypeError, AudioFormatError) as err:
-            self._converter = None
-            await self.send_error(f"bad audio-start: {_reason(err)}", "bad-audio-format")
-            return True
+            raise EngineError(f"bad audio-start: {_reason(err)}", "bad-audio-format") from None
         self._converter = PcmToFloat(self.service.engine.sample_rate)
         self._converter.feed(b"", fmt)
         self._pieces = []
@@ -88,23 +86,18 @@ class AsrHandler(Handler):
 
     async def _on_audio_chunk(self, event: Event) -> bool:
         if self._converter is None:
-            await self.send_error("audio-chunk before audio-start", "out-of-order")
-            return True
+            raise EngineError("audio-chunk before audio-start", "out-of-order")
         try:
             chunk = AudioChunk.from_event(event)
             fmt = PcmFormat(chunk.rate, chunk.width, chunk.channels)
             self._pieces.append(self._converter.feed(chunk.audio or b"", fmt))
         except (KeyError, TypeError, AudioFormatError) as err:
-            self._reset()
-            await self.send_error(f"bad audio-chunk: {_reason(err)}", "bad-audio-format")
-            return True
+            raise EngineError(f"bad audio-chunk: {_reason(err)}", "bad-audio-format") from None
         limit = self.service.settings.max_audio_seconds
         if self._converter.input_seconds > limit:
-            self._reset()
-            await self.send_error(
+            raise EngineError(
                 f"audio is longer than the {limit:g} s limit (MAX_AUDIO_SECONDS)", "too-long"
             )
-            return False
         return True
 
     async def _on_audio_stop(self) -> bool:
@@ -112,13 +105,11 @@ class AsrHandler(Handler):
         language, hints = self._language, self._hints
         self._reset()
         if converter is None:
-            await self.send_error("audio-stop before audio-start", "out-of-order")
-            return True
+            raise EngineError("audio-stop before audio-start", "out-of-order")
         pieces.append(converter.flush())
         audio = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
         if audio.size == 0:
-            await self.send_error("no audio was received before audio-stop", "no-audio")
-            return True
+            raise EngineError("no audio was received before audio-stop", "no-audio")
         started = time.monotonic()
         result = await self.unless_client_leaves(
             self.service.transcribe(AsrRequest(audio, language, hints))

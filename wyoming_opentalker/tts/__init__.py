@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import re
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -25,7 +27,7 @@ from ..engine import (
     Voice,
     import_backend,
 )
-from ..languages import language_code
+from ..languages import language_code, reads
 from ..memory import MemoryNeed
 from ..settings import Settings
 
@@ -35,6 +37,9 @@ _LOGGER = logging.getLogger(__name__)
 # for a long text (or a client that reads slowly) while keeping one chunk of look-ahead.
 MAX_BUFFERED_SECONDS = 20.0
 
+
+# A Piper-style voice name starts with its locale: en_US-amy-medium, de_DE-thorsten-low.
+_NAME_LOCALE = re.compile(r"^([a-z]{2,3})[_-]([A-Za-z]{2})(?:[-_.]|$)")
 
 # Engine name -> module in this package. A new backend is one file and one line here.
 _BACKENDS = {"piper": "piper", "qwen3-tts": "qwen3_tts"}
@@ -59,6 +64,7 @@ class VoiceChoice:
     voice: str
     speaker: str | None
     language: str | None
+    named: bool = False  # the request named this voice: never swapped for another
 
 
 class AudioPipe:
@@ -117,6 +123,7 @@ class TtsService:
     def __post_init__(self) -> None:
         self.info_event: Event = self._build_info().event()
         self._voices = {voice.name: voice for voice in self.engine.voices}
+        self._by_lower = {name.lower(): voice for name, voice in self._voices.items()}
 
     def _build_info(self) -> Info:
         info = self.engine.info
@@ -149,7 +156,13 @@ class TtsService:
         return sorted(voices, key=lambda voice: voice.name != self.engine.default_voice)
 
     def resolve_voice(self, requested: Any) -> VoiceChoice:
-        """Map a request's ``voice`` to an installed voice (``{}``/none -> the default)."""
+        """Map a request's ``voice`` to an installed voice (``{}``/none -> the default).
+
+        Clients send other servers' voice names by default (``en_US-amy-medium``). An
+        unknown name gets the voice of the requested language, else of the language its
+        name starts with, else the default voice, with a warning; an unknown speaker gets
+        the voice's default speaker. ``TTS_STRICT_VOICE`` makes both an error instead.
+        """
         if not isinstance(requested, dict):
             requested = {}
         name = requested.get("name")
@@ -158,25 +171,55 @@ class TtsService:
         speaker = speaker if isinstance(speaker, str) and speaker else None
         language = language if isinstance(language, str) and language else None
         if isinstance(name, str) and name:
-            voice = self._voices.get(name)
+            voice = self._voices.get(name) or self._by_lower.get(name.lower())
             if voice is None:
-                raise EngineError(
-                    f"voice {name!r} is not installed; installed voices: {', '.join(self._voices)}",
-                    "unknown-voice",
-                )
+                voice = self._stand_in(name, language)
         elif language is not None:
             voice = self._voice_for_language(language)
         else:
             voice = self._voices[self.engine.default_voice]
         if speaker is not None and voice.speakers and speaker not in voice.speakers:
-            raise EngineError(
-                f"voice {voice.name!r} has no speaker {speaker!r} "
-                f"(speakers: {', '.join(voice.speakers)})",
-                "unknown-speaker",
+            if self.settings.tts_strict_voice:
+                raise EngineError(
+                    f"voice {voice.name!r} has no speaker {speaker!r} "
+                    f"(speakers: {', '.join(voice.speakers)})",
+                    "unknown-speaker",
+                )
+            _LOGGER.warning(
+                "Voice %s has no speaker %r; using its default speaker %s",
+                voice.name,
+                speaker,
+                voice.speakers[0],
             )
+            speaker = None
         if not voice.speakers:
             speaker = None
-        return VoiceChoice(voice.name, speaker, language)
+        return VoiceChoice(
+            voice.name, speaker, language, named=isinstance(name, str) and bool(name)
+        )
+
+    def _stand_in(self, name: str, language: str | None) -> Voice:
+        """The installed voice used for an unknown voice ``name`` (or the strict error)."""
+        if self.settings.tts_strict_voice:
+            raise EngineError(
+                f"voice {name!r} is not installed; installed voices: {', '.join(self._voices)}",
+                "unknown-voice",
+            )
+        if language is not None:  # asked for explicitly: no voice for it is an error
+            voice = self._voice_for_language(language)
+        else:
+            voice = self._voices[self.engine.default_voice]
+            if match := _NAME_LOCALE.match(name):
+                with contextlib.suppress(EngineError):  # only a guess from the name
+                    voice = self._voice_for_language(f"{match[1]}_{match[2]}")
+        _LOGGER.warning(
+            "Voice %r is not installed; using %s instead (installed: %s; "
+            "TTS_STRICT_VOICE=true makes this an error)",
+            name,
+            voice.name,
+            ", ".join(self._voices),
+        )
+        return voice
 
     def _voice_for_language(self, language: str) -> Voice:
         """Best voice for a language: a native speaker (its first language) before one that
@@ -228,6 +271,18 @@ class TtsService:
             producer.cancel()
             await asyncio.gather(producer, return_exceptions=True)
 
+    def _reader(self, choice: VoiceChoice, text: str) -> tuple[str, str | None]:
+        """The chosen voice, or, when the request named none and that voice cannot read
+        this text's script, the first installed voice that can (Piper serves all its
+        voices at one rate, so the audio format stays the same)."""
+        if choice.named or reads(self._voices[choice.voice].languages, text):
+            return choice.voice, choice.speaker
+        other = next(
+            (v for v in self._default_first(self._voices.values()) if reads(v.languages, text)),
+            None,
+        )
+        return (other.name, None) if other is not None else (choice.voice, choice.speaker)
+
     async def _produce(
         self, texts: AsyncIterator[str], choice: VoiceChoice, pipe: AudioPipe
     ) -> None:
@@ -235,7 +290,8 @@ class TtsService:
         try:
             async for text in texts:
                 await pipe.wait_below(limit)
-                request = TtsRequest(text, choice.voice, choice.speaker, choice.language)
+                voice, speaker = self._reader(choice, text)
+                request = TtsRequest(text, voice, speaker, choice.language)
                 await self.worker.run(self._synthesize_into, request, pipe)
                 self.chunks_synthesized += 1
         except Exception as err:

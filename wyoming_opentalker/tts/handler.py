@@ -27,7 +27,11 @@ from . import TtsService, VoiceChoice
 
 _LOGGER = logging.getLogger(__name__)
 
-SAMPLES_PER_CHUNK = 1024
+SAMPLES_PER_CHUNK = 1024  # 2,048-byte chunks: some clients read into 4 KiB buffers
+# Text with nothing to speak ("...", emoji) is answered with this much silence rather
+# than an error or an empty pair: clients take the format from the first chunk, and
+# some treat an answer without audio as a failure.
+SILENCE_SECONDS = 0.1
 
 
 async def _iterate(items: list[str]) -> AsyncIterator[str]:
@@ -56,7 +60,12 @@ class _Stream:
 
 
 class TtsHandler(Handler):
-    """One client. Exactly one ``audio-start``/``audio-stop`` pair per response, one format."""
+    """One client. Exactly one ``audio-start``/``audio-stop`` pair per response, one format.
+
+    A request that fails (bad text, a stream misused, synthesis failing) gets one
+    ``error`` and the connection closes; a failed ``synthesize-start`` is not followed by
+    an error for each of its chunks.
+    """
 
     def __init__(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, service: TtsService
@@ -103,7 +112,8 @@ class TtsHandler(Handler):
         choice = self.service.resolve_voice(event.data.get("voice"))
         chunks = chunk_text(text, self.service.settings.qwen_tts_chunk_size)
         if not chunks:
-            raise EngineError("the text has nothing to speak (no letters or digits)", "no-text")
+            await self._silence(choice, time.monotonic())
+            return
         _LOGGER.info(
             "Synthesizing %d characters in %d chunk(s) with %s",
             len(text),
@@ -146,15 +156,20 @@ class TtsHandler(Handler):
             self._stream = None
 
     async def _run_stream(self, stream: _Stream) -> None:
+        """Speak a stream's sentences as they come. A failure ends the request here, while
+        the client may still be sending text: one error, then the connection closes."""
         try:
             await self._speak(_drain(stream.queue), stream.choice)
         except ConnectionError:
             return
         except EngineError as err:
-            await self.send_error(str(err), err.code)
+            _LOGGER.warning("Streaming synthesis for %s failed: %s", self.peer, err)
+            await self.fail(str(err), err.code)
+            return
         except Exception as err:
             _LOGGER.exception("Streaming synthesis failed for %s", self.peer)
-            await self.send_error(f"internal error: {type(err).__name__}: {err}", "internal")
+            await self.fail(f"internal error: {type(err).__name__}: {err}", "internal")
+            return
         with contextlib.suppress(ConnectionError):
             await self.write_event(SynthesizeStopped().event())
 
@@ -168,7 +183,9 @@ class TtsHandler(Handler):
         await self._abort_stream()
 
     async def _speak(self, texts: AsyncIterator[str], choice: VoiceChoice) -> None:
-        """Send the audio of ``texts`` as one audio-start, chunks, one audio-stop."""
+        """Send the audio of ``texts`` as one audio-start, chunks, one audio-stop (a short
+        silence if nothing was spoken). A failure raises without an audio-stop: the error
+        ends the answer, so it never looks complete when it was cut short."""
         rate = self.service.engine.sample_rate
         started = time.monotonic()
         first_audio: float | None = None
@@ -185,22 +202,32 @@ class TtsHandler(Handler):
                     await self.write_event(AudioStart(rate=rate, width=2, channels=1).event())
                 await self._send_pcm(piece, rate)
                 samples += piece.size
-        except Exception:
-            if first_audio is not None:
-                with contextlib.suppress(ConnectionError):
-                    await self.write_event(AudioStop().event())
-            raise
         finally:
             await audio.aclose()
-        if first_audio is not None:
-            await self.write_event(AudioStop().event())
-            _LOGGER.info(
-                "Spoke %.1f s of audio with %s: first audio after %.3f s, done in %.3f s",
-                samples / rate,
-                choice.voice,
-                first_audio,
-                time.monotonic() - started,
-            )
+        if first_audio is None:
+            await self._silence(choice, started)
+            return
+        await self.write_event(AudioStop().event())
+        _LOGGER.info(
+            "Spoke %.1f s of audio with %s: first audio after %.3f s, done in %.3f s",
+            samples / rate,
+            choice.voice,
+            first_audio,
+            time.monotonic() - started,
+        )
+
+    async def _silence(self, choice: VoiceChoice, started: float) -> None:
+        """A well-formed answer for text with nothing to speak."""
+        rate = self.service.engine.sample_rate
+        await self.write_event(AudioStart(rate=rate, width=2, channels=1).event())
+        await self._send_pcm(np.zeros(int(rate * SILENCE_SECONDS), dtype=np.float32), rate)
+        await self.write_event(AudioStop().event())
+        _LOGGER.info(
+            "Nothing to speak with %s: answered %.1f s of silence in %.3f s",
+            choice.voice,
+            SILENCE_SECONDS,
+            time.monotonic() - started,
+        )
 
     async def _send_pcm(self, piece: np.ndarray, rate: int) -> None:
         pcm = float_to_pcm16(piece)
