@@ -4,7 +4,7 @@ Builds a random-weight checkpoint from the released model's config values (real 
 cannot be downloaded here; memory and speed do not depend on the values), loads it
 through the product's own engine for each precision, and reports weight memory, peak GPU
 memory while transcribing real speech (one request and a batch of four), and real-time
-factor. Compare with SPEC §2's claims: FP32 ~3.1 GB, FP16 ~1.6 GB.
+factor. Compare with the old deployment's claims: FP32 ~3.1 GB, FP16 ~1.6 GB.
 
     .venv/bin/python script/bench_qwen_asr.py                 # on a CUDA machine
     .venv/bin/python script/bench_qwen_asr.py --device cpu --size tiny   # smoke test
@@ -119,7 +119,7 @@ def main() -> None:
             f"{row['rtf_single']:>7.3f} {row['rtf_batch4']:>7.3f}"
         )
     print("RTF: decode seconds per second of audio (x4: four clips in one batched call).")
-    print("SPEC §2 claims for comparison: FP32 ~3.1 GB, FP16 ~1.6 GB.")
+    print("The old deployment's claims for comparison: FP32 ~3.1 GB, FP16 ~1.6 GB.")
 
 
 if __name__ == "__main__":

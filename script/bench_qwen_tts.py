@@ -5,7 +5,7 @@ through the product's engine per precision, and reports: weight memory; time to 
 audio and real-time factor with windowed streaming on and off; and peak GPU memory for
 200 vs 5,000 characters with chunking on (200) and off (0). Random weights never stop on
 their own, so each chunk generates a fixed number of frames for its length (Chinese is
-spoken at about 4 characters a second; 12.5 frames a second). Compare with SPEC §2's
+spoken at about 4 characters a second; 12.5 frames a second). Compare with the old deployment's
 claim: Qwen3-TTS 0.6B bfloat16 ~2.0 GB.
 
     .venv/bin/python script/bench_qwen_tts.py                  # on a CUDA machine
@@ -112,7 +112,7 @@ def main() -> None:
         print(f"{key:<24}" + "".join(f"{r[key]:>26.3f}" for r in rows))
     print("GiB for memory, seconds for ttfa, decode seconds per audio second for rtf;")
     print("peak_N_chunked: N characters with QWEN_TTS_CHUNK_SIZE=200, _whole: with 0.")
-    print("SPEC §2 claim for comparison: Qwen3-TTS 0.6B bfloat16 ~2.0 GB.")
+    print("The old deployment's claim for comparison: Qwen3-TTS 0.6B bfloat16 ~2.0 GB.")
 
 
 if __name__ == "__main__":

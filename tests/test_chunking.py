@@ -1,4 +1,4 @@
-"""The sentence chunker of SPEC §2, table-driven, batch and streamed."""
+"""The sentence chunker (QWEN_TTS_CHUNK_SIZE), table-driven, batch and streamed."""
 
 from __future__ import annotations
 

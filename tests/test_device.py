@@ -1,4 +1,4 @@
-"""Precision and compute-type decisions for GPUs this machine does not have (SPEC §4)."""
+"""Precision and compute-type decisions for GPUs this machine does not have."""
 
 from __future__ import annotations
 

@@ -61,7 +61,7 @@ def test_addon_options_are_product_settings_and_cover_spec() -> None:
     schema, options = config["schema"], config["options"]
     assert set(options) <= set(schema)
     assert set(schema) <= SETTING_NAMES, set(schema) - SETTING_NAMES  # one-to-one mapping
-    spec = {  # SPEC §2, plus which services run, zeroconf and logging
+    spec = {  # the old deployment's variables, plus which services run, zeroconf and logging
         "asr_engine", "tts_engine", "asr_model", "tts_model", "device", "qwen_asr_use_fp16",
         "qwen_asr_max_batch_size", "qwen_tts_chunk_size", "qwen_tts_speaker", "asr_language",
         "hf_endpoint", "services", "zeroconf", "log_level",

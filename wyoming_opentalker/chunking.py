@@ -1,4 +1,4 @@
-"""Sentence splitting and chunk packing for TTS (SPEC §2, ``QWEN_TTS_CHUNK_SIZE``).
+"""Sentence splitting and chunk packing for TTS.
 
 Long text is synthesised chunk by chunk so memory stays flat and audio starts early.
 Sentences end at Chinese ``。！？；``, English ``.!?;`` and newlines; English marks end a

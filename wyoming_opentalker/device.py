@@ -1,7 +1,7 @@
 """Device and precision selection shared by every engine.
 
 The rules are pure functions of the GPU's compute capability so they can be unit-tested
-for hardware this machine does not have (SPEC §4):
+for hardware this machine does not have:
 
 * bfloat16 needs compute capability >= 8.0. On Pascal (sm_61) bf16 matmuls fail at the
   first GEMM even though ``torch.cuda.is_bf16_supported()`` says True (emulation), so the
@@ -223,7 +223,7 @@ def memory_report(device: str) -> dict[str, Any]:
 
 
 def default_asr_batch_size(gpu: GpuInfo | None) -> int:
-    """SPEC §2: 4 on a 4 GB card, up to 16 on 24 GB; the CPU gains nothing past 4."""
+    """4 on a 4 GB card, up to 16 on 24 GB; the CPU gains nothing past 4."""
     if gpu is None:
         return 4
     gib = gpu.total_bytes / 1024**3

@@ -1,7 +1,7 @@
 """One typed settings object for the whole product.
 
 Every setting is declared once in ``OPTIONS``; the command-line flags, the environment
-variables users already rely on (SPEC §2) and the add-on's options file are all read from
+variables users already rely on and the add-on's options file are all read from
 that one table, so the three can never drift apart. Precedence: flag > environment >
 options file > default. Every value is validated at start-up and a bad one stops the
 program with a single line naming the setting and the value.

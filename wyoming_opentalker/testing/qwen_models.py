@@ -89,7 +89,7 @@ ASR_TINY: dict[str, Any] = {
         "head_dim": 16,
         "max_position_embeddings": 4096,
         "tie_word_embeddings": True,
-        # the rope_scaling dict with mrope_section is required (SPEC §4)
+        # the rope_scaling dict with mrope_section is required
         "rope_scaling": {"mrope_section": [4, 2, 2], "mrope_interleaved": True},
         # large random weights make the noise vary with the input instead of one token
         "initializer_range": 0.5,
@@ -322,7 +322,7 @@ TTS_TINY: dict[str, Any] = {
         "num_filters": 4,
         "upsampling_ratios": [8, 6, 5, 4],
         "hidden_size": 32,
-        "upsample_groups": 32,  # must match hidden_size (SPEC §4)
+        "upsample_groups": 32,  # must match hidden_size
         "num_hidden_layers": 1,
         "num_attention_heads": 2,
         "num_key_value_heads": 2,
@@ -414,7 +414,7 @@ def build_qwen3_tts(
             save_header_only(Qwen3TTSForConditionalGeneration(config), path, config)
     else:
         Qwen3TTSForConditionalGeneration(config).save_pretrained(path)
-    # The saved speaker_encoder_config carries a model_type that breaks loading (SPEC §4).
+    # The saved speaker_encoder_config carries a model_type that breaks loading.
     config_file = path / "config.json"
     saved = json.loads(config_file.read_text())
     saved.get("speaker_encoder_config", {}).pop("model_type", None)
