@@ -99,9 +99,12 @@ def test_run_out_of_budget_still_leaves_its_rows(
                  "--budget", "1", timeout=120)  # fmt: skip
     assert done.returncode == 1, done.stdout[-3000:]
     (row,) = json.loads((tmp_path / "results.json").read_text())["rows"]
-    assert row["status"].startswith("killed after"), row["status"]
-    assert json.loads((tmp_path / "config-1.json").read_text())["status"] == row["status"]
-    assert "killed after" in (tmp_path / "results.md").read_text()
+    # Killed mid-stage, or stopped between stages when the budget ran out first (which
+    # one depends on how fast this machine loads the tiny models): a row either way.
+    status = row["status"]
+    assert status.startswith(("killed after", "partial:")), status
+    assert json.loads((tmp_path / "config-1.json").read_text())["status"] == status
+    assert status.split(":")[0].split(" after")[0] in (tmp_path / "results.md").read_text()
 
 
 # --- the wheels carried to the machine
