@@ -577,7 +577,16 @@ CONFIGS = {
         ("--no-qwen-asr-use-fp16", "--qwen-asr-max-batch-size", "16", "--qwen-tts-chunk-size", "0"),
         {"asr": ("float32", "none"), "tts": ("bfloat16", "none")},
     ),
+    # References for the TTS decode loop (not run by default): the GTX 1650 defaults with
+    # the lean loop's CUDA graphs off, and with upstream's generate() instead of the loop.
+    "4": Config(
+        "4", "GTX 1650 defaults, CUDA graphs off", 4096, "7.5", ("--no-qwen-tts-cuda-graphs",)
+    ),
+    "5": Config(
+        "5", "GTX 1650 defaults, upstream generate()", 4096, "7.5", ("--qwen-tts-loop", "upstream")
+    ),
 }
+DEFAULT_CONFIGS = "1,2,3"
 
 
 class Tee:
@@ -1407,7 +1416,9 @@ def main(argv: list[str] | None = None) -> int:
     go = sub.add_parser("run", help="build, plan and measure every configuration")
     go.add_argument("--device", default="cuda")
     go.add_argument("--size", choices=("tiny", "full"), default="full")
-    go.add_argument("--configs", default=",".join(CONFIGS), help="e.g. 1,2,3")
+    go.add_argument(
+        "--configs", default=DEFAULT_CONFIGS, help=f"of {', '.join(CONFIGS)}; e.g. 1,2,3,4,5"
+    )
     go.add_argument("--budget", type=float, default=285.0, help="seconds for everything")
     go.add_argument("--out", help="results folder (default $OUT, else bench-results/…)")
     go.add_argument("--models", help="checkpoint folder, kept between runs")

@@ -345,7 +345,14 @@ def _to_nf4(linear: Any, device: str) -> Any:
     replacement._forward_hooks.update(linear._forward_hooks)
     replacement._forward_pre_hooks.update(linear._forward_pre_hooks)
     replacement.train(linear.training)
-    return replacement.to(device)  # bitsandbytes quantises on this move
+    replacement = replacement.to(device)  # bitsandbytes quantises on this move
+    blocksize = int(getattr(replacement.weight, "blocksize", 64) or 64)
+    if linear.in_features % blocksize:
+        # bitsandbytes 0.50.2 repacks CPU weights for AVX512-BF16 in rows of whole blocks,
+        # which fails for a width that is not a multiple of the block (64); its plain path
+        # handles any width.
+        replacement.support_avx512bf16_for_cpu = False
+    return replacement
 
 
 def quantize_linears(

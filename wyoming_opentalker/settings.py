@@ -64,6 +64,8 @@ class Settings:
     tts_dtype: str = "auto"
     qwen_tts_max_new_tokens: int | None = None
     qwen_tts_quant: str = "auto"
+    qwen_tts_loop: str = "lean"
+    qwen_tts_cuda_graphs: bool = True
     tts_strict_voice: bool = False
     # Limits
     max_event_bytes: int = 4 * 1024 * 1024
@@ -364,6 +366,21 @@ OPTIONS: tuple[Option, ...] = (
         "QWEN_TTS_QUANT",
         _choice(QUANT_MODES),
         "Qwen3-TTS talker weight-only quantisation: auto (by GPU), none, int8, nf4",
+    ),
+    Option(
+        "qwen_tts_loop",
+        "--qwen-tts-loop",
+        "QWEN_TTS_LOOP",
+        _choice(("lean", "upstream")),
+        "Qwen3-TTS decode loop: lean (ours: static caches, CUDA graphs) or upstream generate()",
+    ),
+    Option(
+        "qwen_tts_cuda_graphs",
+        "--qwen-tts-cuda-graphs",
+        "QWEN_TTS_CUDA_GRAPHS",
+        _bool,
+        "Qwen3-TTS: replay the lean loop's steps as CUDA graphs on CUDA (--no-... = eager)",
+        is_flag=True,
     ),
     Option(
         "tts_strict_voice",

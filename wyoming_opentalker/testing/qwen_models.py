@@ -350,10 +350,16 @@ TTS_TINY: dict[str, Any] = {
 
 
 def build_qwen3_tts(
-    path: Path, size: Size = "tiny", max_new_tokens: int = 2048, *, header_only: bool = False
+    path: Path,
+    size: Size = "tiny",
+    max_new_tokens: int = 2048,
+    *,
+    header_only: bool = False,
+    sampling: bool = True,
 ) -> Path:
     """Save a random Qwen3-TTS CustomVoice checkpoint with its ``speech_tokenizer/``;
-    ``header_only`` writes the tensors' shapes but no data (for the memory planner)."""
+    ``header_only`` writes the tensors' shapes but no data (for the memory planner);
+    ``sampling=False`` makes its generation config greedy (for exact comparisons)."""
     import torch
     from transformers import EncodecFeatureExtractor, Qwen2TokenizerFast
 
@@ -420,7 +426,15 @@ def build_qwen3_tts(
     saved.get("speaker_encoder_config", {}).pop("model_type", None)
     config_file.write_text(json.dumps(saved, indent=2))
     (path / "generation_config.json").write_text(
-        json.dumps({"do_sample": True, "top_k": 50, "max_new_tokens": max_new_tokens})
+        json.dumps(
+            {
+                "do_sample": sampling,
+                "subtalker_dosample": sampling,
+                "top_k": 50,
+                "repetition_penalty": 1.05,
+                "max_new_tokens": max_new_tokens,
+            }
+        )
     )
 
     codec_path = path / "speech_tokenizer"

@@ -1,9 +1,11 @@
-"""Qwen3-TTS backend (``qwen-tts``, 12 Hz CustomVoice): nine voices, windowed streaming.
+"""Qwen3-TTS backend (``qwen-tts``, 12 Hz CustomVoice): nine voices, streamed audio.
 
-``generate_custom_voice`` returns whole waveforms only. To get audio out before a long
-sentence is finished, this engine watches the talker's codec frames as they are generated
-and decodes them in windows of ``QWEN_TTS_STREAM_WINDOW`` frames (80 ms each) with the
-left context the causal codec needs, while generation continues in a helper thread.
+``generate_custom_voice`` returns whole waveforms only, from a Hugging Face ``generate()``
+that is launch-bound on small GPUs. This engine builds the prompt with upstream's own code,
+then runs its own decode loop (``qwen3_loop``: static KV caches, CUDA graphs on CUDA) and
+decodes the codec frames in windows as they are generated (``qwen3_codec``: the same audio
+a whole decode gives), while generation continues in a helper thread.
+``QWEN_TTS_LOOP=upstream`` runs upstream's ``generate()`` instead, for comparison.
 
 Residency is lean so both Qwen models fit a 4 GB card: the talker's 151,936 x 2048 text
 embedding (0.58 GiB in 16-bit) is only looked up while building the prompt, so it stays
@@ -24,7 +26,7 @@ import sys
 import threading
 import time
 import types
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +48,8 @@ from ..languages import CODES, NAMES
 from ..memory import BYTES_PER, GIB, MIB, MemoryNeed, checkpoint_bytes, read_headers
 from ..models import ModelSource, ResolvedModel, resolve_configured
 from ..settings import Settings
+from .qwen3_codec import StreamingCodec
+from .qwen3_loop import LeanTalker, Overflow, Prompt, unsupported
 
 if TYPE_CHECKING:
     from ..quant import QuantMode
@@ -53,8 +57,12 @@ if TYPE_CHECKING:
 _LOGGER = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "Qwen/Qwen3-TTS-12Hz-0.6B-CustomVoice"
-# Upstream's chunked decoder uses 25 frames (2 s) of left context; so do the windows.
-LEFT_CONTEXT_FRAMES = 25
+# Streaming windows: the first one is small for time to first audio; later ones grow (up
+# to WINDOW_GROWTH times QWEN_TTS_STREAM_WINDOW) to take a backlog in one decode, or when
+# the audio already sent is LEAD_TO_GROW seconds ahead of real time.
+FIRST_WINDOW_FRAMES = 4
+WINDOW_GROWTH = 4
+LEAD_TO_GROW = 1.0
 _PATTERNS = ("*.json", "*.safetensors", "*.txt", "*.jinja", "speech_tokenizer/*")
 # Display names (the checkpoint stores them lower case) and native languages.
 SPEAKERS: dict[str, tuple[str, str]] = {
@@ -196,18 +204,36 @@ def _talker_shape(path: Path) -> tuple[int, int]:
     return kv, int(talker.get("text_hidden_size", 2048))
 
 
-def working_bytes(path: Path, element: int, settings: Settings) -> int:
-    """One chunk: the talker's KV over prompt and frame cap, and the codec decoding a
-    window (or a whole chunk, up to upstream's 300-frame pieces, with windows off)."""
+def planned_positions(path: Path, settings: Settings) -> int:
+    """Talker positions one chunk may use: its prompt plus its frame cap. The static KV
+    cache (and its CUDA graphs) is sized for this; a longer prompt runs eagerly."""
     # Chunking off has no bound but the text limit; plan for a 1,000-character answer (a
     # longer one that runs out of memory is retried in halves).
     chars = settings.qwen_tts_chunk_size or min(UNCHUNKED_PLAN_CHARS, settings.max_text_chars)
-    kv_per_position, _ = _talker_shape(path)
     frames = frame_cap("x" * chars, settings.qwen_tts_max_new_tokens)
-    positions = _PROMPT_FIXED + _PROMPT_PER_CHAR * chars + frames
+    return _PROMPT_FIXED + _PROMPT_PER_CHAR * chars + frames
+
+
+def decoded_frames(settings: Settings) -> int:
+    """Most frames one codec decode call takes: a grown window (the streaming decoder
+    carries its state, so no left context is re-run), or with windows off a whole chunk
+    in upstream's 300-frame pieces."""
     window = settings.qwen_tts_stream_window
-    decoded = min(frames, _DECODE_MAX_FRAMES) if window == 0 else window + LEFT_CONTEXT_FRAMES
-    return _WORKING_FIXED + positions * kv_per_position * element + decoded * _DECODE_PER_FRAME
+    if window == 0:
+        chars = settings.qwen_tts_chunk_size or min(UNCHUNKED_PLAN_CHARS, settings.max_text_chars)
+        return min(frame_cap("x" * chars, settings.qwen_tts_max_new_tokens), _DECODE_MAX_FRAMES)
+    return window * WINDOW_GROWTH
+
+
+def working_bytes(path: Path, element: int, settings: Settings) -> int:
+    """One chunk: the talker's KV cache over prompt and frame cap, and one codec decode."""
+    kv_per_position, _ = _talker_shape(path)
+    positions = planned_positions(path, settings)
+    return (
+        _WORKING_FIXED
+        + positions * kv_per_position * element
+        + decoded_frames(settings) * _DECODE_PER_FRAME
+    )
 
 
 def tts_quant(settings: Settings) -> QuantMode:
@@ -349,6 +375,8 @@ class Qwen3TtsEngine(TtsEngine):
         self._model.model.talker.generation_config.pad_token_id = self._eos
         self._window = settings.qwen_tts_stream_window
         self._max_new_tokens = settings.qwen_tts_max_new_tokens
+        self._groups = int(talker_config.num_code_groups)
+        self._lean = self._lean_loop(settings, resolved.path, device)
         self._voices = self._build_voices()
         by_lower = {voice.name.lower(): voice.name for voice in self._voices}
         wanted = settings.qwen_tts_speaker
@@ -380,16 +408,35 @@ class Qwen3TtsEngine(TtsEngine):
             description=f"Qwen3-TTS {resolved.name}",
             attribution=("Alibaba Qwen", "https://github.com/QwenLM/Qwen3-TTS"),
         )
+        if self._lean is None:
+            loop = "upstream generate()"
+        else:
+            loop = "lean, CUDA graphs" if self._lean.graphed else "lean"
         _LOGGER.info(
-            "Qwen3-TTS: %d voices, streaming window %s, voice cloning %s, weights %.0f MiB "
-            "on %s + text embedding %.0f MiB in CPU memory",
+            "Qwen3-TTS: %d voices, decode loop %s, streaming window %s, voice cloning %s, "
+            "weights %.0f MiB on %s + text embedding %.0f MiB in CPU memory",
             len(self._voices),
+            loop,
             f"{self._window} frames" if self._window else "off",
             "available" if self.cloning_available else "unavailable (torchaudio missing)",
             weights / 2**20,
             device,
             self.cpu_bytes / 2**20,
         )
+
+    def _lean_loop(self, settings: Settings, path: Path, device: str) -> LeanTalker | None:
+        """Our decode loop, unless upstream's is configured or the model needs a feature
+        the loop lacks; with CUDA graphs sized for the planned chunk where enabled."""
+        if settings.qwen_tts_loop == "upstream":
+            return None
+        inner = self._model.model
+        reason = unsupported(inner.talker)
+        if reason is not None:
+            _LOGGER.warning("Qwen3-TTS runs upstream's generate(): %s", reason)
+            return None
+        _capture_prompts(inner.talker)
+        capacity = planned_positions(path, settings) if settings.qwen_tts_cuda_graphs else 0
+        return LeanTalker(inner, graph_capacity=capacity)
 
     def _build_voices(self) -> list[Voice]:
         languages = [
@@ -478,46 +525,106 @@ class Qwen3TtsEngine(TtsEngine):
             return
         yield from self._speak_windowed(text, speaker, language)
 
-    def generate_codes(self, text: str, speaker: str, language: str, on_frame: Any = None) -> Any:
-        """The talker's codec frames (T x groups) for one text, at most ``frame_cap``;
-        ``on_frame`` sees each frame as soon as it exists. Non-finite logits (an FP16
-        overflow) end the chunk with an error instead of sampling noise."""
+    def generate_codes(self, text: str, speaker: str, language: str) -> Any:
+        """All codec frames (T x groups) of one text."""
+        frames = list(self.frames(text, speaker, language))
+        if not frames:
+            return self._torch.zeros((0, self._groups), dtype=self._torch.long)
+        return self._torch.stack(frames)
+
+    def frames(self, text: str, speaker: str, language: str) -> Generator[Any, None, None]:
+        """The talker's codec frames for one text, each as soon as it exists, at most
+        ``frame_cap``. Non-finite logits (an FP16 overflow) end the chunk with an error
+        instead of sampling noise."""
         model = self._model
-        input_ids = model._tokenize_texts([model._build_assistant_text(text)])
         configured = model._merge_generate_kwargs(max_new_tokens=self._max_new_tokens)
         cap = frame_cap(text, int(configured["max_new_tokens"]))
         kwargs = {**configured, "max_new_tokens": cap}
-
-        def watch(_module: Any, _args: Any, output: Any) -> None:
-            logits = getattr(output, "logits", None)
-            if logits is not None and not bool(logits[:, -1].isfinite().all()):
-                raise _Overflow
-            frame = output.hidden_states[1]
-            if frame is not None and on_frame is not None:
-                on_frame(frame[0].detach())
-
-        hook = model.model.talker.register_forward_hook(watch)
+        count = 0
         try:
-            with self._torch.inference_mode():
-                codes, _ = model.model.generate(
-                    input_ids=input_ids,
-                    instruct_ids=[None],
-                    languages=[language],
-                    speakers=[speaker],
-                    non_streaming_mode=True,
-                    **kwargs,
-                )
-        except _Overflow:
+            if self._lean is not None:
+                source = self._lean.frames(self._prompt(text, speaker, language, kwargs), cap)
+            else:
+                source = self._upstream_frames(text, speaker, language, kwargs)
+            with contextlib.closing(source):
+                for frame in source:
+                    count += 1
+                    yield frame
+        except (_Overflow, Overflow):
             raise EngineError(
                 "Qwen3-TTS overflowed (inf/NaN) in its current precision on this text; "
                 "TTS_DTYPE=float32 avoids it at twice the memory",
                 "numeric-overflow",
             ) from None
-        finally:
-            hook.remove()
-        if len(codes[0]) >= cap - 1:  # the last step's frame is not returned
+        if count >= cap - 1:  # the token sampled at the cap gets no frame
             _LOGGER.warning("A chunk of %d characters reached its %d-frame cap", len(text), cap)
-        return codes[0]
+
+    def _upstream_call(self, text: str, speaker: str, language: str, kwargs: dict[str, Any]) -> Any:
+        model = self._model
+        with self._torch.inference_mode():
+            return model.model.generate(
+                input_ids=model._tokenize_texts([model._build_assistant_text(text)]),
+                instruct_ids=[None],
+                languages=[language],
+                speakers=[speaker],
+                non_streaming_mode=True,
+                **kwargs,
+            )
+
+    def _prompt(self, text: str, speaker: str, language: str, kwargs: dict[str, Any]) -> Prompt:
+        """Upstream's own prompt for this text (speaker, language and dialect tags, the
+        text embedding looked up in CPU memory), taken at its talker ``generate()``."""
+        _CAPTURE.active = True
+        try:
+            self._upstream_call(text, speaker, language, kwargs)
+        except _PromptReady as ready:
+            return Prompt.from_generate_kwargs(ready.kwargs)
+        finally:
+            _CAPTURE.active = False
+        raise EngineError("Qwen3-TTS built no prompt")  # generate() always reaches the talker
+
+    def _upstream_frames(
+        self, text: str, speaker: str, language: str, kwargs: dict[str, Any]
+    ) -> Generator[Any, None, None]:
+        """Upstream's ``generate()`` in a helper thread, its frames taken by a forward hook
+        on the talker; stopping the iteration ends generation at the next frame."""
+        frames: queue.Queue[Any] = queue.Queue()
+        failure: list[BaseException] = []
+        done = object()
+        stop = threading.Event()
+
+        def watch(_module: Any, _args: Any, output: Any) -> None:
+            logits = getattr(output, "logits", None)
+            if logits is not None and not bool(logits[:, -1].isfinite().all()):
+                raise _Overflow
+            if stop.is_set():  # the listener left
+                raise _Abandoned
+            frame = output.hidden_states[1]
+            if frame is not None and int(frame[0, 0]) != self._eos:
+                frames.put(frame[0].detach())
+
+        def generate() -> None:
+            hook = self._model.model.talker.register_forward_hook(watch)
+            try:
+                self._upstream_call(text, speaker, language, kwargs)
+            except _Abandoned:
+                pass
+            except BaseException as err:
+                failure.append(err)
+            finally:
+                hook.remove()
+                frames.put(done)
+
+        thread = threading.Thread(target=generate, name="qwen3-tts-upstream", daemon=True)
+        thread.start()
+        try:
+            while (item := frames.get()) is not done:
+                yield item
+        finally:
+            stop.set()
+            thread.join()
+        if failure:
+            raise failure[0]
 
     def decode(self, codes: Any) -> np.ndarray:
         """Whole-utterance decode (upstream's own chunked decoder)."""
@@ -527,68 +634,70 @@ class Qwen3TtsEngine(TtsEngine):
             wav = self._codec.decode(codes.unsqueeze(0).to(self._codec.device)).audio_values[0]
         return np.asarray(wav.float().cpu().numpy(), dtype=np.float32)
 
-    def decode_window(self, codes: Any, start: int, end: int) -> np.ndarray:
-        """Audio of frames [start, end) decoded with up to LEFT_CONTEXT_FRAMES before it."""
-        context = min(start, LEFT_CONTEXT_FRAMES)
-        window = codes[start - context : end].to(self._codec.device)
-        with self._torch.inference_mode():
-            wav = self._codec.decoder(window.transpose(0, 1).unsqueeze(0).clamp(min=0))
-        audio = wav[0, 0, context * self._upsample :].float().cpu().numpy()
-        return np.asarray(audio, dtype=np.float32)
-
     def _speak_windowed(self, text: str, speaker: str, language: str) -> Iterator[np.ndarray]:
-        frames: queue.Queue[Any] = queue.Queue()
-        failure: list[BaseException] = []
-        done = object()
-        stop = threading.Event()
+        """Audio window by window, decoded between frames on this thread (so no backlog
+        forms and the two never contend for the CPU). The first window is small for time
+        to first audio; windows grow to ``WINDOW_GROWTH`` times the setting, for fewer,
+        larger decodes, while the audio sent is well ahead of real time. One frame is
+        held back so the last window, whenever it comes, gets the closing fade."""
+        stream = StreamingCodec(self._codec.decoder)
+        pending: list[Any] = []
+        sent_seconds = 0.0
+        first_sent = 0.0
 
-        def on_frame(frame: Any) -> None:
-            if stop.is_set():  # the listener left: end generation at the next frame
-                raise _Abandoned
-            frames.put(frame)
+        def target() -> int:
+            if stream.frames == 0:
+                return min(self._window, FIRST_WINDOW_FRAMES)
+            lead = sent_seconds - (time.monotonic() - first_sent)
+            return self._window * WINDOW_GROWTH if lead > LEAD_TO_GROW else self._window
 
-        def generate() -> None:
-            try:
-                self.generate_codes(text, speaker, language, on_frame=on_frame)
-            except _Abandoned:
-                pass
-            except BaseException as err:
-                failure.append(err)
-            finally:
-                frames.put(done)
+        def emit(codes: list[Any], last: bool) -> np.ndarray:
+            nonlocal sent_seconds, first_sent
+            first = stream.frames == 0
+            audio = fade_edges(
+                stream.push(self._torch.stack(codes)), self._rate, start=first, end=last
+            )
+            if first:
+                first_sent = time.monotonic()
+            sent_seconds += audio.size / self._rate
+            return audio
 
-        thread = threading.Thread(target=generate, name="qwen3-tts-talker", daemon=True)
-        thread.start()
-        received: list[Any] = []
-        sent = 0
-        finished = False
-        try:
-            while not finished:
-                item = frames.get()
-                if item is done:
-                    finished = True
-                elif int(item[0]) == self._eos:
-                    continue  # the stop frame carries no audio
-                else:
-                    received.append(item)
-                while not finished and frames.qsize() and len(received) - sent < self._window:
-                    extra = frames.get()
-                    if extra is done:
-                        finished = True
-                    elif int(extra[0]) != self._eos:
-                        received.append(extra)
-                ready = len(received) - sent
-                if ready and (ready >= self._window or finished):
-                    codes = self._torch.stack(received)
-                    audio = self.decode_window(codes, sent, len(received))
-                    audio = fade_edges(audio, self._rate, start=sent == 0, end=finished)
-                    sent = len(received)
-                    yield audio
-        finally:
-            stop.set()
-            thread.join()
-        if failure:
-            raise failure[0]
+        source = self.frames(text, speaker, language)
+        with contextlib.closing(source):
+            for frame in source:
+                pending.append(frame)
+                if len(pending) > target():
+                    yield emit(pending[:-1], last=False)
+                    pending = pending[-1:]
+        if pending:
+            yield emit(pending, last=True)
+
+
+class _PromptReady(Exception):
+    """Carries the talker ``generate()`` arguments out of upstream's prompt builder."""
+
+    def __init__(self, kwargs: dict[str, Any]) -> None:
+        super().__init__("prompt ready")
+        self.kwargs = kwargs
+
+
+_CAPTURE = threading.local()
+
+
+def _capture_prompts(talker: Any) -> None:
+    """Let upstream's ``generate()`` build the prompt and stop at its talker ``generate()``
+    while a prompt is being taken on this thread (``_CAPTURE.active``)."""
+    original = talker.generate
+    if getattr(original, "_prompt_capture", False):
+        return
+
+    def generate(*args: Any, **kwargs: Any) -> Any:
+        if getattr(_CAPTURE, "active", False):
+            raise _PromptReady(kwargs)
+        return original(*args, **kwargs)
+
+    generate._prompt_capture = True  # type: ignore[attr-defined]
+    talker.generate = generate
 
 
 ENGINE = Qwen3TtsEngine
