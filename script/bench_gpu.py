@@ -49,7 +49,7 @@ CONFIGS = [
 
 
 def models(size: str) -> tuple[Path, Path]:
-    from wyoming_opentalker.testing.qwen_models import build_qwen3_asr, build_qwen3_tts
+    from tests.qwen_models import build_qwen3_asr, build_qwen3_tts
 
     cache = ROOT / "bench-results" / f"qwen-{size}"
     asr, tts = cache / "asr", cache / "tts"
@@ -67,9 +67,8 @@ async def serve_and_load(
 
     from tests.conftest import free_port
     from tests.speech import corpus
-    from wyoming_opentalker.__main__ import _handlers, _load
+    from wyoming_opentalker.__main__ import load_service, serve_service
     from wyoming_opentalker.client import synthesize, transcribe
-    from wyoming_opentalker.server import listen
     from wyoming_opentalker.settings import Settings
 
     cuda = args.device.startswith("cuda")
@@ -100,9 +99,9 @@ async def serve_and_load(
     row: dict[str, Any] = {}
     services = {}
     try:
-        services["asr"] = await _load("asr", settings, args.device)
+        services["asr"] = await load_service("asr", settings, args.device)
         row["after_asr_gib"] = allocated()
-        services["tts"] = await _load("tts", settings, args.device)
+        services["tts"] = await load_service("tts", settings, args.device)
         row["after_both_gib"] = allocated()
     except torch.OutOfMemoryError as err:
         row["load_error"] = f"out of memory while loading: {str(err).splitlines()[0]}"
@@ -115,8 +114,7 @@ async def serve_and_load(
         return original(request)
 
     engine.synthesize = synthesize_like_real_speech  # type: ignore[method-assign]
-    listeners = [await listen(settings.asr_uri, _handlers(services["asr"]), settings)]
-    listeners.append(await listen(settings.tts_uri, _handlers(services["tts"]), settings))
+    listeners = [await serve_service(service, settings) for service in services.values()]
 
     clips = [c for c in corpus() if c.set == "librivox"][:4]
     texts = [(SENTENCE * 7)[:200], (SENTENCE * 34)[:1000]]

@@ -291,7 +291,7 @@ def measure(
 
 def _meta_models() -> dict[str, Any]:
     """The released architectures on the meta device, built from the packages' config
-    classes with the real values (see wyoming_opentalker.testing.qwen_models)."""
+    classes with the real values (see tests.qwen_models)."""
     from qwen_asr.core.transformers_backend import (
         Qwen3ASRConfig,
         Qwen3ASRForConditionalGeneration,

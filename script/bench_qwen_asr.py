@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from wyoming_opentalker.engine import AsrRequest  # noqa: E402
 from wyoming_opentalker.settings import load_settings  # noqa: E402
-from wyoming_opentalker.testing.qwen_models import build_qwen3_asr  # noqa: E402
+from tests.qwen_models import build_qwen3_asr  # noqa: E402
 
 SPEECH = Path("/usr/share/pocketsphinx/test/data/librivox")
 GIB = 1024**3

@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 from tests.conftest import start_server  # noqa: E402
 from wyoming_opentalker.client import synthesize  # noqa: E402
 from wyoming_opentalker.settings import load_settings  # noqa: E402
-from wyoming_opentalker.testing.qwen_models import build_qwen3_tts  # noqa: E402
+from tests.qwen_models import build_qwen3_tts  # noqa: E402
 
 SAMPLES_PER_FRAME = 1920  # 24 kHz / 12.5 Hz
 TEXTS = [
@@ -170,7 +170,7 @@ def full_size(work: Path, frames: int) -> list[dict[str, Any]]:
 def _full_codec() -> Any:
     import torch
 
-    from wyoming_opentalker.testing.qwen_models import TTS_FULL
+    from tests.qwen_models import TTS_FULL
     from wyoming_opentalker.tts.qwen3_tts import import_qwen_tts
 
     import_qwen_tts()

@@ -690,7 +690,7 @@ def build(kind: str, size: str, dtype: str, path: Path) -> None:
     """One random-weight checkpoint, saved in ``dtype`` as the released ones are."""
     import torch
 
-    from wyoming_opentalker.testing.qwen_models import build_qwen3_asr, build_qwen3_tts
+    from tests.qwen_models import build_qwen3_asr, build_qwen3_tts
 
     torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
     torch.set_default_dtype(getattr(torch, dtype))

@@ -81,7 +81,7 @@ class PeakTracker:
 def build(root: Path, dtype: str) -> tuple[Path, Path]:
     import torch
 
-    from wyoming_opentalker.testing.qwen_models import build_qwen3_asr, build_qwen3_tts
+    from tests.qwen_models import build_qwen3_asr, build_qwen3_tts
 
     asr, tts = root / "asr", root / "tts"
     previous = torch.get_default_dtype()

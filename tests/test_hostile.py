@@ -39,7 +39,7 @@ def strict(
     defaults, once with (tiny, random) Qwen3-ASR and Qwen3-TTS checkpoints."""
     engines: list[str] = []
     if request.param == "qwen":
-        from wyoming_opentalker.testing.qwen_models import build_qwen3_asr, build_qwen3_tts
+        from tests.qwen_models import build_qwen3_asr, build_qwen3_tts
 
         models = tmp_path_factory.mktemp("hostile-qwen")
         engines = [

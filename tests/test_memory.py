@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from wyoming_opentalker.asr import asr_memory_need, load_asr_engine
+from wyoming_opentalker.asr.service import asr_memory_need, load_asr_engine
 from wyoming_opentalker.device import GpuInfo
 from wyoming_opentalker.memory import (
     GIB,
@@ -26,7 +26,7 @@ from wyoming_opentalker.memory import (
 )
 from wyoming_opentalker.plan import GPUS, fixes, memory_plan, resolve_plan
 from wyoming_opentalker.settings import Settings
-from wyoming_opentalker.tts import load_tts_engine, tts_memory_need
+from wyoming_opentalker.tts.service import load_tts_engine, tts_memory_need
 
 GTX_1050_TI, GTX_1650 = GPUS["gtx-1050-ti"], GPUS["gtx-1650"]
 RTX_2060, RTX_3090 = GPUS["rtx-2060"], GPUS["rtx-3090"]
@@ -34,7 +34,7 @@ RTX_2060, RTX_3090 = GPUS["rtx-2060"], GPUS["rtx-3090"]
 
 @pytest.fixture(scope="module")
 def full_size(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    from wyoming_opentalker.testing.qwen_models import build_qwen3_asr, build_qwen3_tts
+    from tests.qwen_models import build_qwen3_asr, build_qwen3_tts
 
     root = tmp_path_factory.mktemp("full-size")
     asr = build_qwen3_asr(root / "asr", "full", header_only=True)
@@ -89,7 +89,7 @@ def test_resident_weights_count_what_stays_on_the_gpu(full_size: tuple[Path, Pat
 def test_weight_estimates_match_what_the_engines_hold(tmp_path: Path) -> None:
     """Tiny checkpoints loaded for real on this CPU (FP32): the estimate from headers
     matches what the loaded engines hold, on the device and in CPU memory."""
-    from wyoming_opentalker.testing.qwen_models import build_qwen3_asr, build_qwen3_tts
+    from tests.qwen_models import build_qwen3_asr, build_qwen3_tts
 
     settings = _qwen(build_qwen3_asr(tmp_path / "asr"), build_qwen3_tts(tmp_path / "tts"))
     asr_need = asr_memory_need(settings, "cpu", None)

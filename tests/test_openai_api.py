@@ -506,7 +506,7 @@ async def test_wyoming_keeps_serving_during_and_after_http(api: Server) -> None:
 def test_qwen_engines_over_http(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Every engine serves the API: tiny random Qwen3-ASR and Qwen3-TTS checkpoints,
     loaded through the real path (their output is noise; the plumbing is what is tested)."""
-    from wyoming_opentalker.testing.qwen_models import build_qwen3_asr, build_qwen3_tts
+    from tests.qwen_models import build_qwen3_asr, build_qwen3_tts
 
     models = tmp_path_factory.mktemp("http-qwen")
     port = free_port()

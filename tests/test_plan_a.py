@@ -30,14 +30,14 @@ AUDIO = np.frombuffer(GOFORWARD, np.int16).astype(np.float32) / 32768
 
 @pytest.fixture(scope="module")
 def asr_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from wyoming_opentalker.testing.qwen_models import build_qwen3_asr
+    from tests.qwen_models import build_qwen3_asr
 
     return build_qwen3_asr(tmp_path_factory.mktemp("plan-a-asr") / "asr")
 
 
 @pytest.fixture(scope="module")
 def tts_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from wyoming_opentalker.testing.qwen_models import build_qwen3_tts
+    from tests.qwen_models import build_qwen3_tts
 
     # the model's own cap (2,048 frames) is left as released: the text's cap must act
     return build_qwen3_tts(tmp_path_factory.mktemp("plan-a-tts") / "tts")
@@ -105,7 +105,7 @@ def test_a_codec_value_beyond_fp16_survives_loading(tmp_path: Path) -> None:
     import torch
     from safetensors.torch import load_file, save_file
 
-    from wyoming_opentalker.testing.qwen_models import build_qwen3_tts
+    from tests.qwen_models import build_qwen3_tts
     from wyoming_opentalker.tts.qwen3_tts import import_qwen_tts, load_lean
 
     path = build_qwen3_tts(tmp_path / "tts", max_new_tokens=8)

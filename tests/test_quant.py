@@ -226,14 +226,14 @@ def _first_output(module: nn.Module) -> Callable[[], torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def asr_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from wyoming_opentalker.testing.qwen_models import build_qwen3_asr
+    from tests.qwen_models import build_qwen3_asr
 
     return build_qwen3_asr(tmp_path_factory.mktemp("quant-asr") / "Qwen3-ASR-tiny")
 
 
 @pytest.fixture(scope="module")
 def tts_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from wyoming_opentalker.testing.qwen_models import build_qwen3_tts
+    from tests.qwen_models import build_qwen3_tts
 
     return build_qwen3_tts(tmp_path_factory.mktemp("quant-tts") / "Qwen3-TTS-tiny")
 

@@ -25,7 +25,7 @@ GIB = 1024**3
 
 @pytest.fixture(scope="module")
 def qwen_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from wyoming_opentalker.testing.qwen_models import build_qwen3_asr
+    from tests.qwen_models import build_qwen3_asr
 
     return build_qwen3_asr(tmp_path_factory.mktemp("qwen3-asr") / "Qwen3-ASR-tiny")
 

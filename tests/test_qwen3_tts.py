@@ -33,7 +33,7 @@ LONG_CHINESE = (
 
 @pytest.fixture(scope="module")
 def tts_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from wyoming_opentalker.testing.qwen_models import build_qwen3_tts
+    from tests.qwen_models import build_qwen3_tts
 
     path = tmp_path_factory.mktemp("qwen3-tts") / "Qwen3-TTS-tiny"
     return build_qwen3_tts(path, max_new_tokens=FRAMES)
@@ -165,7 +165,7 @@ def test_windowed_decode_matches_whole_decode(engine: Any) -> None:
 
 @pytest.fixture(scope="module")
 def greedy_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from wyoming_opentalker.testing.qwen_models import build_qwen3_tts
+    from tests.qwen_models import build_qwen3_tts
 
     path = tmp_path_factory.mktemp("qwen3-tts-greedy") / "Qwen3-TTS-tiny-greedy"
     return build_qwen3_tts(path, max_new_tokens=70, sampling=False)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .asr import AsrService, load_asr_engine
+from .asr.service import AsrService, load_asr_engine
 from .device import resolve_device
 from .discovery import Endpoint, ZeroconfAdvertiser, announce_to_supervisor
 from .engine import EngineError
@@ -22,7 +22,7 @@ from .memory import InsufficientGpuMemory, check_plan
 from .models import ModelError
 from .server import HandlerFactory, Listener, listen
 from .settings import Settings, SettingsError, describe_settings, load_settings
-from .tts import TtsService, load_tts_engine
+from .tts.service import TtsService, load_tts_engine
 
 if TYPE_CHECKING:
     from .openai_api import OpenAiApi
@@ -53,6 +53,8 @@ class Running:
         if self.http is not None:
             closing.append(self.http.close())
         await asyncio.gather(*closing)
+        for service in self.services.values():  # nobody can reach them any more
+            await service.close()
 
 
 async def start_services(settings: Settings) -> Running:
@@ -62,10 +64,9 @@ async def start_services(settings: Settings) -> Running:
     running = Running({})
     try:
         for kind in settings.services:
-            running.services[kind] = await _load(kind, settings, device)
-        for kind, service in running.services.items():
-            uri = settings.asr_uri if kind == "asr" else settings.tts_uri
-            running.listeners.append(await listen(uri, _handlers(service), settings))
+            running.services[kind] = await load_service(kind, settings, device)
+        for service in running.services.values():
+            running.listeners.append(await serve_service(service, settings))
         if settings.http_enabled:
             from .openai_api import OpenAiApi
 
@@ -105,8 +106,8 @@ def plan_settings(settings: Settings, device: str) -> Settings:
     return settings
 
 
-async def _load(kind: str, settings: Settings, device: str) -> AsrService | TtsService:
-    """Load one service's engine on a worker thread."""
+async def load_service(kind: str, settings: Settings, device: str) -> AsrService | TtsService:
+    """Load one service's engine on a worker thread (``kind``: asr or tts)."""
     started = time.monotonic()
     service: AsrService | TtsService
     if kind == "asr":
@@ -118,13 +119,19 @@ async def _load(kind: str, settings: Settings, device: str) -> AsrService | TtsS
     return service
 
 
-def _handlers(service: AsrService | TtsService) -> HandlerFactory:
+async def serve_service(service: AsrService | TtsService, settings: Settings) -> Listener:
+    """Listen for Wyoming clients of one loaded service at its configured URI."""
     from .asr.handler import AsrHandler
     from .tts.handler import TtsHandler
 
+    handlers: HandlerFactory
     if isinstance(service, AsrService):
-        return functools.partial(AsrHandler, service=service)
-    return functools.partial(TtsHandler, service=service)
+        handlers = functools.partial(AsrHandler, service=service)
+        uri = settings.asr_uri
+    else:
+        handlers = functools.partial(TtsHandler, service=service)
+        uri = settings.tts_uri
+    return await listen(uri, handlers, settings)
 
 
 async def serve(settings: Settings) -> None:

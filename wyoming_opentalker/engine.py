@@ -54,7 +54,6 @@ class EngineInfo:
 
     engine: str
     model: str
-    model_path: str
     device: str
     precision: str
     weights_bytes: int

@@ -14,20 +14,19 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import BodyPartReader, web
 
-from .asr import AsrService
-from .chunking import chunk_text
+from .asr.service import AsrService
 from .device import memory_report
 from .engine import AsrRequest, AsrResult, AsrSegment, EngineError
 from .languages import NAMES
 from .media import OUTPUT_FORMATS, AudioEncoder, AudioTooLong, MediaError, decode_audio
 from .settings import Settings
-from .tts import TtsService, VoiceChoice
+from .tts.service import TtsService, VoiceChoice
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -83,11 +82,6 @@ class ApiError(Exception):
 class _Upload:
     audio: bytes
     fields: dict[str, str]
-
-
-async def _iterate(items: list[str]) -> AsyncIterator[str]:
-    for item in items:
-        yield item
 
 
 class OpenAiApi:
@@ -205,7 +199,7 @@ class OpenAiApi:
             raise ApiError.from_engine(err, "language") from None
         try:
             audio = await asyncio.to_thread(
-                decode_audio, upload.audio, asr.engine.sample_rate, self.settings.max_audio_seconds
+                decode_audio, upload.audio, asr.engine.sample_rate, asr.max_audio_seconds
             )
         except AudioTooLong as err:
             raise ApiError(413, str(err), "too-long", "file") from None
@@ -300,14 +294,10 @@ class OpenAiApi:
         text = body.get("input")
         if not isinstance(text, str) or not text.strip():
             raise ApiError(400, "'input' must be a non-empty string", "no-text", "input")
-        limit = self.settings.max_text_chars
-        if len(text) > limit:
-            raise ApiError(
-                413,
-                f"input is {len(text)} characters, more than the {limit} limit (MAX_TEXT_CHARS)",
-                "too-long",
-                "input",
-            )
+        try:
+            chunks = tts.text_chunks(text)
+        except EngineError as err:
+            raise ApiError.from_engine(err, "input") from None
         fmt = body.get("response_format") or "mp3"
         if fmt not in OUTPUT_FORMATS:
             raise ApiError(
@@ -330,7 +320,6 @@ class OpenAiApi:
                 400, f"speed must be a number from {MIN_SPEED} to {MAX_SPEED}", "bad-speed", "speed"
             )
         choice = _choose_voice(tts, body.get("voice"))
-        chunks = chunk_text(text, self.settings.qwen_tts_chunk_size)
         if not chunks:
             raise ApiError(400, "the text has nothing to speak (no letters or digits)", "no-text")
         _LOGGER.info(
@@ -354,7 +343,7 @@ class OpenAiApi:
         """Send audio as each piece is synthesised (chunked transfer). Errors before the
         first piece are JSON errors; after it the status is sent, so the connection is
         cut instead — a truncated file, never a complete-looking wrong one."""
-        audio = tts.synthesize(_iterate(chunks), choice)
+        audio = tts.synthesize(chunks, choice)
         try:
             first = await anext(audio, None)
             encoder = AudioEncoder(fmt, tts.engine.sample_rate, speed)
@@ -436,10 +425,7 @@ def _choose_voice(tts: TtsService, voice: object) -> VoiceChoice:
         return tts.resolve_voice({})
     if not isinstance(voice, str):
         raise ApiError(400, "'voice' must be a string", "unknown-voice", "voice")
-    names = {name.lower(): name for name in (v.name for v in tts.engine.voices)}
-    if voice.lower() in names:
-        return tts.resolve_voice({"name": names[voice.lower()]})
-    if voice.lower() in OPENAI_VOICES:
+    if voice.lower() in OPENAI_VOICES and not tts.has_voice(voice):
         return tts.resolve_voice({})
     try:
         return tts.resolve_voice({"name": voice})

@@ -17,14 +17,14 @@ from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from .asr import asr_memory_need
+from .asr.service import asr_memory_need
 from .device import GpuInfo, default_asr_batch_size, gpu_info
 from .memory import HEADROOM_BYTES, MIB, MemoryPlan, gib
 from .settings import Settings, SettingsError, load_settings
 
 if TYPE_CHECKING:
     from .quant import QuantMode
-from .tts import tts_memory_need
+from .tts.service import tts_memory_need
 
 # Cards users ask about (``--gpu NAME``): size and compute capability.
 GPUS: dict[str, GpuInfo] = {

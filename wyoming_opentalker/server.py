@@ -38,10 +38,9 @@ T = TypeVar("T")
 class ProtocolError(ValueError):
     """The peer sent something that is not a valid Wyoming event."""
 
-    def __init__(self, text: str, code: str = "bad-event", *, fatal: bool = True) -> None:
+    def __init__(self, text: str, code: str = "bad-event") -> None:
         super().__init__(text)
         self.code = code
-        self.fatal = fatal  # the stream cannot be trusted any more: close after the error
 
 
 async def read_event(reader: asyncio.StreamReader, max_bytes: int) -> Event | None:
@@ -131,10 +130,8 @@ class Handler(ABC):
                 except ProtocolError as err:
                     _LOGGER.warning("Bad input from %s: %s", self.peer, err)
                     await self.send_error(str(err), err.code)
-                    if err.fatal:
-                        await self._linger()
-                        break
-                    continue
+                    await self._linger()  # the stream cannot be trusted any more
+                    break
                 if self._failed.is_set():
                     await self._linger()
                     break

@@ -133,7 +133,6 @@ class FasterWhisperEngine(AsrEngine):
         self._info = EngineInfo(
             engine="faster-whisper",
             model=name,
-            model_path=str(resolved.path),
             device=device,
             precision=compute_type,
             weights_bytes=weights.stat().st_size if weights.exists() else 0,

@@ -14,7 +14,7 @@ from wyoming.event import Event
 from ..audio import AudioFormatError, PcmFormat, PcmToFloat
 from ..engine import AsrRequest, EngineError
 from ..server import Handler
-from . import AsrService
+from .service import AsrService
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -93,11 +93,7 @@ class AsrHandler(Handler):
             self._pieces.append(self._converter.feed(chunk.audio or b"", fmt))
         except (KeyError, TypeError, AudioFormatError) as err:
             raise EngineError(f"bad audio-chunk: {_reason(err)}", "bad-audio-format") from None
-        limit = self.service.settings.max_audio_seconds
-        if self._converter.input_seconds > limit:
-            raise EngineError(
-                f"audio is longer than the {limit:g} s limit (MAX_AUDIO_SECONDS)", "too-long"
-            )
+        self.service.check_audio_seconds(self._converter.input_seconds)
         return True
 
     async def _on_audio_stop(self) -> bool:

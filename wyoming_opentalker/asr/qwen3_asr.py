@@ -281,7 +281,6 @@ class Qwen3AsrEngine(AsrEngine):
         self._info = EngineInfo(
             engine="qwen3-asr",
             model=resolved.name,
-            model_path=str(resolved.path),
             device=device,
             precision=f"{choice.precision.value}{quant} ({choice.reason})",
             weights_bytes=weights,

@@ -20,10 +20,10 @@ from wyoming.tts import (
 )
 
 from ..audio import float_to_pcm16
-from ..chunking import SentenceStream, chunk_text
+from ..chunking import SentenceStream
 from ..engine import EngineError
 from ..server import Handler
-from . import TtsService, VoiceChoice
+from .service import TtsService, VoiceChoice
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -34,11 +34,6 @@ SAMPLES_PER_CHUNK = 1024  # 2,048-byte chunks: some clients read into 4 KiB buff
 SILENCE_SECONDS = 0.1
 
 
-async def _iterate(items: list[str]) -> AsyncIterator[str]:
-    for item in items:
-        yield item
-
-
 async def _drain(queue: asyncio.Queue[str | None]) -> AsyncIterator[str]:
     while (item := await queue.get()) is not None:
         yield item
@@ -47,9 +42,9 @@ async def _drain(queue: asyncio.Queue[str | None]) -> AsyncIterator[str]:
 class _Stream:
     """An open ``synthesize-start`` stream: sentences go to a queue the speaker reads."""
 
-    def __init__(self, choice: VoiceChoice, max_chars: int) -> None:
+    def __init__(self, choice: VoiceChoice, sentences: SentenceStream) -> None:
         self.choice = choice
-        self.sentences = SentenceStream(max_chars)
+        self.sentences = sentences
         self.queue: asyncio.Queue[str | None] = asyncio.Queue()
         self.chars = 0
         self.task: asyncio.Task[None] | None = None
@@ -98,19 +93,10 @@ class TtsHandler(Handler):
             raise EngineError(f"{event.type} needs a 'text' string", "bad-text")
         return text
 
-    def _check_length(self, chars: int) -> None:
-        limit = self.service.settings.max_text_chars
-        if chars > limit:
-            raise EngineError(
-                f"text is {chars} characters, more than the {limit} limit (MAX_TEXT_CHARS)",
-                "too-long",
-            )
-
     async def _on_synthesize(self, event: Event) -> None:
         text = self._text_of(event)
-        self._check_length(len(text))
+        chunks = self.service.text_chunks(text)
         choice = self.service.resolve_voice(event.data.get("voice"))
-        chunks = chunk_text(text, self.service.settings.qwen_tts_chunk_size)
         if not chunks:
             await self._silence(choice, time.monotonic())
             return
@@ -120,13 +106,13 @@ class TtsHandler(Handler):
             len(chunks),
             choice.voice,
         )
-        await self._speak(_iterate(chunks), choice)
+        await self._speak(chunks, choice)
 
     async def _on_stream_start(self, event: Event) -> None:
         if self._stream is not None:
             raise EngineError("a synthesize stream is already open", "out-of-order")
         choice = self.service.resolve_voice(event.data.get("voice"))
-        stream = _Stream(choice, self.service.settings.qwen_tts_chunk_size)
+        stream = _Stream(choice, self.service.sentence_stream())
         stream.task = asyncio.create_task(self._run_stream(stream))
         self._stream = stream
 
@@ -137,7 +123,7 @@ class TtsHandler(Handler):
         text = self._text_of(event)
         stream.chars += len(text)
         try:
-            self._check_length(stream.chars)
+            self.service.check_length(stream.chars)
         except EngineError:
             await self._abort_stream()
             raise
@@ -182,7 +168,7 @@ class TtsHandler(Handler):
     async def disconnected(self) -> None:
         await self._abort_stream()
 
-    async def _speak(self, texts: AsyncIterator[str], choice: VoiceChoice) -> None:
+    async def _speak(self, texts: AsyncIterator[str] | list[str], choice: VoiceChoice) -> None:
         """Send the audio of ``texts`` as one audio-start, chunks, one audio-stop (a short
         silence if nothing was spoken). A failure raises without an audio-stop: the error
         ends the answer, so it never looks complete when it was cut short."""

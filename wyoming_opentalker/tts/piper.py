@@ -209,7 +209,6 @@ class PiperEngine(TtsEngine):
         self._info = EngineInfo(
             engine="piper",
             model=self._default,
-            model_path=", ".join(str(file) for file in files),
             device="cuda" if use_cuda else "cpu",
             precision="float32",
             weights_bytes=size,

@@ -400,7 +400,6 @@ class Qwen3TtsEngine(TtsEngine):
         self._info = EngineInfo(
             engine="qwen3-tts",
             model=resolved.name,
-            model_path=str(resolved.path),
             device=device,
             precision=f"{choice.precision.value}{quant}, codec float32",
             weights_bytes=weights,
