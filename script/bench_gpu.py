@@ -89,7 +89,7 @@ async def serve_and_load(
         tts_engine="qwen3-tts",
         tts_model=str(tts_path),
         tts_dtype=tts_dtype,
-        qwen_tts_chunk_size=chunk,
+        tts_chunk_size=chunk,
         memory_check=False,  # measured here instead of estimated
     )
 

@@ -296,8 +296,8 @@ def _meta_models() -> dict[str, Any]:
         Qwen3ASRConfig,
         Qwen3ASRForConditionalGeneration,
     )
-
     from wyoming_opentalker.testing import qwen_models as qm
+
     from wyoming_opentalker.tts.qwen3_tts import import_qwen_tts
 
     import_qwen_tts()

@@ -25,9 +25,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests.qwen_models import build_qwen3_asr  # noqa: E402
 from wyoming_opentalker.engine import AsrRequest  # noqa: E402
 from wyoming_opentalker.settings import load_settings  # noqa: E402
-from tests.qwen_models import build_qwen3_asr  # noqa: E402
 
 SPEECH = Path("/usr/share/pocketsphinx/test/data/librivox")
 GIB = 1024**3

@@ -25,10 +25,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests.qwen_models import build_qwen3_tts  # noqa: E402
 from wyoming_opentalker.chunking import chunk_text  # noqa: E402
 from wyoming_opentalker.engine import TtsRequest  # noqa: E402
 from wyoming_opentalker.settings import load_settings  # noqa: E402
-from tests.qwen_models import build_qwen3_tts  # noqa: E402
 
 GIB = 1024**3
 SENTENCE = "今天早上七点，客厅的灯已经自动打开了，外面的温度是十八度。"

@@ -37,9 +37,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.conftest import start_server  # noqa: E402
+from tests.qwen_models import build_qwen3_tts  # noqa: E402
 from wyoming_opentalker.client import synthesize  # noqa: E402
 from wyoming_opentalker.settings import load_settings  # noqa: E402
-from tests.qwen_models import build_qwen3_tts  # noqa: E402
 
 SAMPLES_PER_FRAME = 1920  # 24 kHz / 12.5 Hz
 TEXTS = [

@@ -574,7 +574,7 @@ CONFIGS = {
         "24 GB profile (FP32 ASR, chunking off; sm_86)",
         24576,
         "8.6",
-        ("--no-qwen-asr-use-fp16", "--qwen-asr-max-batch-size", "16", "--qwen-tts-chunk-size", "0"),
+        ("--asr-dtype", "float32", "--qwen-asr-max-batch-size", "16", "--tts-chunk-size", "0"),
         {"asr": ("float32", "none"), "tts": ("bfloat16", "none")},
     ),
     # References for the TTS decode loop (not run by default): the GTX 1650 defaults with
@@ -770,8 +770,8 @@ def forced_flags(config: Config, chosen: dict[str, dict[str, Any]]) -> list[str]
              "--qwen-tts-quant", chosen["tts"]["quantization"]]  # fmt: skip
     if "--qwen-asr-max-batch-size" not in config.profile:
         flags += ["--qwen-asr-max-batch-size", str(chosen["asr"]["max_batch_size"])]
-    if "--qwen-tts-chunk-size" not in config.profile:
-        flags += ["--qwen-tts-chunk-size", str(Settings().qwen_tts_chunk_size)]
+    if "--tts-chunk-size" not in config.profile:
+        flags += ["--tts-chunk-size", str(Settings().tts_chunk_size)]
     return flags
 
 

@@ -99,7 +99,9 @@ async def _still_healthy(server: Server) -> None:
     text = (await transcribe(server.asr, GOFORWARD, language="en")).text
     assert _heard_right(server, text)
     speech = await synthesize(server.tts, "The door is locked.")
-    assert speech.types == ["audio-start", "audio-stop"] and speech.seconds > 0.5
+    # random-weight Qwen may sample its stop frame early: it only has to speak at all
+    shortest = 0.5 if server.engines == "cpu" else 0.05
+    assert speech.types == ["audio-start", "audio-stop"] and speech.seconds > shortest
 
 
 async def _one_error(conn: Connection, *codes: str) -> None:

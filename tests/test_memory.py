@@ -215,7 +215,7 @@ def test_one_service_per_card_and_big_cards(full_size: tuple[Path, Path]) -> Non
     asr, tts = full_size
     _, alone = resolve_plan(_qwen(asr, tts, services=("asr",)), "cuda", GTX_1050_TI)
     assert alone.fits and alone.needs[0].quantization == "none"  # plan B: no compromise
-    big = _qwen(asr, tts, asr_dtype="float32", qwen_asr_max_batch_size=16, qwen_tts_chunk_size=0)
+    big = _qwen(asr, tts, asr_dtype="float32", qwen_asr_max_batch_size=16, tts_chunk_size=0)
     chosen, plan = resolve_plan(big, "cuda", RTX_3090)  # the 24 GB profile
     assert plan.fits and plan.needs[0].precision == "float32"
     assert chosen.qwen_asr_quant == "none" and chosen.qwen_tts_quant == "none"
@@ -225,7 +225,7 @@ def test_working_memory_follows_the_limits(full_size: tuple[Path, Path]) -> None
     asr, tts = full_size
     on = tts_memory_need(_qwen(asr, tts), "cuda", RTX_2060)
     whole = tts_memory_need(_qwen(asr, tts, qwen_tts_stream_window=0), "cuda", RTX_2060)
-    off = tts_memory_need(_qwen(asr, tts, qwen_tts_chunk_size=0), "cuda", RTX_2060)
+    off = tts_memory_need(_qwen(asr, tts, tts_chunk_size=0), "cuda", RTX_2060)
     assert off.weights == on.weights and off.working > on.working
     assert whole.working - on.working > 0.7 * GIB  # a whole-chunk codec decode
     small = asr_memory_need(_qwen(asr, tts, qwen_asr_max_batch_size=1), "cuda", RTX_2060)

@@ -16,14 +16,18 @@ from typing import Any
 import pytest
 import yaml
 
-from wyoming_opentalker.settings import OPTIONS, load_settings
+from wyoming_opentalker.settings import LEGACY, OPTIONS, load_settings
 
 from .conftest import ROOT, free_port
 
 ADDON = ROOT / "addon"
 COMPOSE = sorted((ROOT / "examples" / "docker").glob("*.yml"))
 SETTING_NAMES = {option.name for option in OPTIONS}
+# The add-on's option keys: each setting's key (a renamed field keeps its old key), and
+# the keys of old settings folded into newer ones.
+ADDON_KEYS = {option.key for option in OPTIONS} | {legacy.key for legacy in LEGACY}
 ENV_NAMES = {option.env for option in OPTIONS if option.env} | {"MODEL_NAME"}
+ENV_NAMES |= {legacy.env for legacy in LEGACY}
 
 
 def _yaml(path: Path) -> Any:
@@ -60,7 +64,7 @@ def test_addon_options_are_product_settings_and_cover_spec() -> None:
     config = _yaml(ADDON / "config.yaml")
     schema, options = config["schema"], config["options"]
     assert set(options) <= set(schema)
-    assert set(schema) <= SETTING_NAMES, set(schema) - SETTING_NAMES  # one-to-one mapping
+    assert set(schema) <= ADDON_KEYS, set(schema) - ADDON_KEYS  # one-to-one mapping
     spec = {  # the old deployment's variables, plus which services run, zeroconf and logging
         "asr_engine", "tts_engine", "asr_model", "tts_model", "device", "qwen_asr_use_fp16",
         "qwen_asr_max_batch_size", "qwen_tts_chunk_size", "qwen_tts_speaker", "asr_language",
@@ -89,7 +93,7 @@ def test_addon_options_file_becomes_the_settings(tmp_path: Path) -> None:
     defaults = load_settings(["--options-file", str(file)], {})
     assert defaults.services == ("asr", "tts") and defaults.device == "cpu"
     assert defaults.asr_engine == "faster-whisper" and defaults.tts_engine == "piper"
-    assert defaults.asr_model is None and defaults.qwen_tts_speaker is None  # "" = default
+    assert defaults.asr_model is None and defaults.tts_default_voice is None  # "" = default
     assert defaults.zeroconf is False and defaults.http_enabled is False
     options.update(
         services="asr",
@@ -104,7 +108,7 @@ def test_addon_options_file_becomes_the_settings(tmp_path: Path) -> None:
     file.write_text(json.dumps(options))
     changed = load_settings(["--options-file", str(file)], {})
     assert changed.services == ("asr",) and changed.asr_engine == "qwen3-asr"
-    assert changed.qwen_asr_use_fp16 is False and changed.qwen_asr_max_batch_size == 8
+    assert changed.asr_dtype == "float32" and changed.qwen_asr_max_batch_size == 8
     assert changed.asr_hints == ("Kitchen", "客厅") and changed.asr_language == "zh"
     assert changed.hf_endpoint == "https://mirror.example" and changed.log_level == "DEBUG"
 

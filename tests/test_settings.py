@@ -17,7 +17,7 @@ def test_defaults() -> None:
     assert settings == Settings()
     assert settings.services == ("asr", "tts")
     assert settings.asr_uri.endswith(":10300") and settings.tts_uri.endswith(":10200")
-    assert settings.qwen_tts_chunk_size == 200 and settings.qwen_asr_use_fp16 is True
+    assert settings.tts_chunk_size == 200 and settings.asr_dtype == "auto"
 
 
 def test_spec_environment_variables_keep_their_names_and_meanings(tmp_path: Path) -> None:
@@ -34,10 +34,10 @@ def test_spec_environment_variables_keep_their_names_and_meanings(tmp_path: Path
     assert settings.device == "cuda:1"
     assert settings.log_level == "DEBUG"
     assert settings.hf_endpoint == "https://mirror.example"
-    assert settings.qwen_asr_use_fp16 is False
+    assert settings.asr_dtype == "float32"  # QWEN_ASR_USE_FP16=false, folded in
     assert settings.qwen_asr_max_batch_size == 16
-    assert settings.qwen_tts_chunk_size == 0
-    assert settings.qwen_tts_speaker == "Vivian"
+    assert settings.tts_chunk_size == 0
+    assert settings.tts_default_voice == "Vivian"
 
 
 def test_precedence_flag_over_env_over_options_file(tmp_path: Path) -> None:
@@ -45,7 +45,7 @@ def test_precedence_flag_over_env_over_options_file(tmp_path: Path) -> None:
     options.write_text(
         json.dumps(
             {
-                "qwen_tts_chunk_size": 150,
+                "qwen_tts_chunk_size": 150,  # the add-on's keys keep their names
                 "asr_hints": ["Kitchen", "Living Room"],
                 "qwen_asr_use_fp16": False,
                 "log_level": "warning",
@@ -55,16 +55,26 @@ def test_precedence_flag_over_env_over_options_file(tmp_path: Path) -> None:
     )
     base = ["--options-file", str(options)]
     settings = load_settings(base, {})
-    assert settings.qwen_tts_chunk_size == 150
+    assert settings.tts_chunk_size == 150
     assert settings.asr_hints == ("Kitchen", "Living Room")
-    assert settings.qwen_asr_use_fp16 is False
+    assert settings.asr_dtype == "float32"
     assert settings.log_level == "WARNING"
-    assert load_settings(base, {"QWEN_TTS_CHUNK_SIZE": "100"}).qwen_tts_chunk_size == 100
+    assert load_settings(base, {"QWEN_TTS_CHUNK_SIZE": "100"}).tts_chunk_size == 100
     flagged = load_settings(
         [*base, "--qwen-tts-chunk-size", "50", "--qwen-asr-use-fp16"],
         {"QWEN_TTS_CHUNK_SIZE": "100"},
     )
-    assert flagged.qwen_tts_chunk_size == 50 and flagged.qwen_asr_use_fp16 is True
+    assert flagged.tts_chunk_size == 50 and flagged.asr_dtype == "auto"
+    renamed = load_settings(["--tts-chunk-size", "60", "--tts-default-voice", "Ryan"], {})
+    assert renamed.tts_chunk_size == 60 and renamed.tts_default_voice == "Ryan"
+
+
+def test_legacy_fp16_switch_yields_to_the_precision_setting() -> None:
+    both = {"QWEN_ASR_USE_FP16": "false", "ASR_DTYPE": "bfloat16"}
+    assert load_settings([], both).asr_dtype == "bfloat16"
+    assert (
+        load_settings(["--no-qwen-asr-use-fp16"], {"ASR_DTYPE": "float16"}).asr_dtype == "float32"
+    )
 
 
 def test_single_service_modes_and_model_name() -> None:
@@ -84,6 +94,7 @@ def test_single_service_modes_and_model_name() -> None:
         ([], {"QWEN_ASR_MAX_BATCH_SIZE": "0"}, "must be at least 1"),
         ([], {"QWEN_TTS_CHUNK_SIZE": "-5"}, "QWEN_TTS_CHUNK_SIZE='-5' is invalid"),
         ([], {"QWEN_ASR_USE_FP16": "maybe"}, "expected true or false"),
+        (["--asr-compute-type", ""], {}, "--asr-compute-type='' is invalid: expected a value"),
         (["--asr-engine", "whisper.cpp"], {}, "--asr-engine='whisper.cpp' is invalid"),
         ([], {"DEVICE": "gpu"}, "expected auto, cpu, cuda or cuda:N"),
         ([], {"LOG_LEVEL": "loud"}, "LOG_LEVEL='loud' is invalid"),

@@ -17,14 +17,20 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Generic, ParamSpec, TypeVar
 
 import numpy as np
 
 _LOGGER = logging.getLogger(__name__)
 
+if TYPE_CHECKING:
+    from .device import GpuInfo
+    from .memory import MemoryNeed
+    from .settings import Settings
+
 P = ParamSpec("P")
 T = TypeVar("T")
+E = TypeVar("E", bound="AsrEngine | TtsEngine")
 
 
 class EngineError(RuntimeError):
@@ -35,13 +41,36 @@ class EngineError(RuntimeError):
         self.code = code
 
 
-def import_backend(package: str, backends: Mapping[str, str], name: str) -> ModuleType:
-    """The module of backend ``name`` in ``package`` (imported lazily: extras are optional).
-    Each backend module has ``ENGINE`` (its class) and ``memory_need`` (its GPU estimate)."""
-    module = backends.get(name)
-    if module is None:
+@dataclass(frozen=True)
+class Backend(Generic[E]):
+    """One engine the product can serve: its name (the ``ASR_ENGINE``/``TTS_ENGINE``
+    value), the module holding it (imported on first use, so an optional extra matters
+    only when its engine is chosen), its engine class, and the module's memory estimate
+    (``memory_need(settings, device, gpu) -> MemoryNeed``)."""
+
+    name: str
+    module: str
+    engine: str
+
+    def _module(self) -> ModuleType:
+        return importlib.import_module(self.module)
+
+    def load(self, settings: Settings, device: str) -> E:
+        """Build the engine: loads its model."""
+        engine: E = getattr(self._module(), self.engine)(settings, device)
+        return engine
+
+    def memory_need(self, settings: Settings, device: str, gpu: GpuInfo | None) -> MemoryNeed:
+        need: MemoryNeed = self._module().memory_need(settings, device, gpu)
+        return need
+
+
+def pick_backend(backends: Mapping[str, Backend[E]], name: str) -> Backend[E]:
+    """The backend called ``name``, or a one-line error naming the choices."""
+    backend = backends.get(name)
+    if backend is None:
         raise EngineError(f"unknown engine {name!r}; expected one of {', '.join(backends)}")
-    return importlib.import_module(f"{package}.{module}")
+    return backend
 
 
 PROGRAM_NAME = "wyoming-opentalker"

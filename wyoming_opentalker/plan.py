@@ -113,13 +113,8 @@ def _fix_options(settings: Settings) -> list[tuple[str, dict[str, Any]]]:
     """Changes worth trying, in the order worth trying them."""
     options: list[tuple[str, dict[str, Any]]] = []
     asr, tts = _qwen(settings, "asr"), _qwen(settings, "tts")
-    if asr and (settings.asr_dtype == "float32" or not settings.qwen_asr_use_fp16):
-        options.append(
-            (
-                "load Qwen3-ASR in FP16 (ASR_DTYPE=auto, QWEN_ASR_USE_FP16=true)",
-                {"asr_dtype": "auto", "qwen_asr_use_fp16": True},
-            )
-        )
+    if asr and settings.asr_dtype == "float32":
+        options.append(("load Qwen3-ASR in FP16 (ASR_DTYPE=auto)", {"asr_dtype": "auto"}))
     if tts and settings.tts_dtype == "float32":
         options.append(
             ("load the Qwen3-TTS talker in FP16 (TTS_DTYPE=auto)", {"tts_dtype": "auto"})
@@ -128,10 +123,8 @@ def _fix_options(settings: Settings) -> list[tuple[str, dict[str, Any]]]:
         options.append(
             ("decode speech in windows (QWEN_TTS_STREAM_WINDOW=8)", {"qwen_tts_stream_window": 8})
         )
-    if tts and (settings.qwen_tts_chunk_size == 0 or settings.qwen_tts_chunk_size > 200):
-        options.append(
-            ("turn TTS chunking on (QWEN_TTS_CHUNK_SIZE=200)", {"qwen_tts_chunk_size": 200})
-        )
+    if tts and (settings.tts_chunk_size == 0 or settings.tts_chunk_size > 200):
+        options.append(("turn TTS chunking on (QWEN_TTS_CHUNK_SIZE=200)", {"tts_chunk_size": 200}))
     if asr:
         options += _quant_fixes(settings.qwen_asr_quant, "qwen_asr_quant", "Qwen3-ASR")
     batch = settings.qwen_asr_max_batch_size

@@ -1,10 +1,12 @@
 """One typed settings object for the whole product.
 
-Every setting is declared once in ``OPTIONS``; the command-line flags, the environment
-variables users already rely on and the add-on's options file are all read from
-that one table, so the three can never drift apart. Precedence: flag > environment >
-options file > default. Every value is validated at start-up and a bad one stops the
-program with a single line naming the setting and the value.
+Every setting is declared once, as a field of ``Settings`` with its default, environment
+variable, parser and help (``setting``); the command-line flag (``--field-name``), the
+add-on's option key (the field name) and ``OPTIONS`` are derived from it, so they can
+never drift apart. Fields are named by what they do; a renamed one keeps its old
+environment variable, flag and add-on key. Precedence: flag > environment > options file
+> default. Every value is parsed and checked against its field's type at start-up, and a
+bad one stops the program with a single line naming the setting and the value.
 """
 
 from __future__ import annotations
@@ -12,80 +14,25 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import types
+import typing
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 from urllib.parse import urlparse
 
+from .backends import ASR_BACKENDS, TTS_BACKENDS
+
 SERVICES = ("asr", "tts")
-ASR_ENGINES = ("faster-whisper", "qwen3-asr")
-TTS_ENGINES = ("piper", "qwen3-tts")
+ASR_ENGINES = tuple(ASR_BACKENDS)
+TTS_ENGINES = tuple(TTS_BACKENDS)
 QUANT_MODES = ("auto", "none", "int8", "nf4")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class SettingsError(ValueError):
     """A setting has a bad value; the message is one line meant for the user."""
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Validated settings. Field names match ``Option.name``."""
-
-    services: tuple[str, ...] = SERVICES
-    asr_uri: str = "tcp://0.0.0.0:10300"
-    tts_uri: str = "tcp://0.0.0.0:10200"
-    device: str = "auto"
-    log_level: str = "INFO"
-    hf_endpoint: str | None = None
-    cache_dir: Path | None = None
-    local_files_only: bool = False
-    # ASR
-    asr_engine: str = "faster-whisper"
-    asr_model: str | None = None
-    asr_language: str | None = None
-    asr_hints: tuple[str, ...] = ()
-    asr_initial_prompt: str | None = None
-    asr_beam_size: int = 5
-    asr_compute_type: str = "auto"
-    qwen_asr_use_fp16: bool = True
-    qwen_asr_max_batch_size: int | None = None
-    qwen_asr_max_new_tokens: int = 512
-    asr_dtype: str = "auto"
-    asr_batch_window_ms: float = 5.0
-    qwen_asr_quant: str = "auto"
-    # TTS
-    tts_engine: str = "piper"
-    tts_model: str | None = None
-    qwen_tts_chunk_size: int = 200
-    qwen_tts_speaker: str | None = None
-    qwen_tts_stream_window: int = 8
-    tts_dtype: str = "auto"
-    qwen_tts_max_new_tokens: int | None = None
-    qwen_tts_quant: str = "auto"
-    qwen_tts_loop: str = "lean"
-    qwen_tts_cuda_graphs: bool = True
-    tts_strict_voice: bool = False
-    # Limits
-    max_event_bytes: int = 4 * 1024 * 1024
-    max_audio_seconds: float = 300.0
-    max_text_chars: int = 50_000
-    idle_timeout: float = 60.0
-    max_connections: int = 64
-    max_queue: int = 32
-    shutdown_grace: float = 10.0
-    # OpenAI-style HTTP API on the same loaded models
-    http_enabled: bool = False
-    http_host: str = "0.0.0.0"
-    http_port: tuple[int, ...] = (8001,)
-    http_api_key: str | None = None
-    http_max_upload_mb: float = 25.0
-    # Discovery
-    zeroconf: bool = False
-    zeroconf_name: str = "opentalker"
-    zeroconf_host: str | None = None
-    memory_check: bool = True
 
 
 # --- value parsers: each takes the raw string and returns the typed value or raises ValueError
@@ -203,304 +150,355 @@ def _text(raw: str) -> str | None:
     return raw.strip() or None
 
 
+def _word(raw: str) -> str:
+    value = raw.strip()
+    if not value:
+        raise ValueError("expected a value")
+    return value
+
+
 def _path(raw: str) -> Path | None:
     return Path(raw).expanduser() if raw.strip() else None
 
 
 @dataclass(frozen=True)
+class Setting:
+    """How one ``Settings`` field is set from outside."""
+
+    env: str | None
+    parse: Callable[[str], Any]
+    help: str
+    switch: bool = False  # a boolean switch on the command line (--x / --no-x)
+    flag: str | None = None  # default: --field-name
+    key: str | None = None  # the add-on option key; default: the field name
+    legacy_flags: tuple[str, ...] = ()
+
+
+def setting(
+    default: Any, env: str | None, parse: Callable[[str], Any], help: str, **how: Any
+) -> Any:
+    """A ``Settings`` field with its default and how it is set (see ``Setting``)."""
+    return field(default=default, metadata={"setting": Setting(env, parse, help, **how)})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated settings: each field declares its own flag, environment variable, add-on
+    key, parser and help (``setting``); everything else is derived from these."""
+
+    services: tuple[str, ...] = setting(
+        SERVICES,
+        "SERVICES",
+        _services,
+        "which servers run: asr, tts or all",
+    )
+    asr_uri: str = setting("tcp://0.0.0.0:10300", "ASR_URI", _uri, "where the ASR server listens")
+    tts_uri: str = setting("tcp://0.0.0.0:10200", "TTS_URI", _uri, "where the TTS server listens")
+    device: str = setting("auto", "DEVICE", _device, "auto, cpu, cuda or cuda:N")
+    log_level: str = setting("INFO", "LOG_LEVEL", _choice(LOG_LEVELS, upper=True), "logging level")
+    hf_endpoint: str | None = setting(None, "HF_ENDPOINT", _text, "Hugging Face mirror URL")
+    cache_dir: Path | None = setting(  # noqa: RUF009 (a field declaration, evaluated once)
+        None, "MODEL_CACHE_DIR", _path, "where downloaded models live"
+    )
+    local_files_only: bool = setting(
+        False,
+        "HF_HUB_OFFLINE",
+        _bool,
+        "never download; use local paths and the cache only",
+        switch=True,
+    )
+    # ASR
+    asr_engine: str = setting(
+        "faster-whisper",
+        "ASR_ENGINE",
+        _choice(ASR_ENGINES),
+        f"speech-to-text engine: {', '.join(ASR_ENGINES)}",
+    )
+    asr_model: str | None = setting(None, "ASR_MODEL", _text, "ASR model id, alias or local path")
+    asr_language: str | None = setting(
+        None,
+        "ASR_LANGUAGE",
+        _text,
+        "language used when a request names none (default: detect)",
+    )
+    asr_hints: tuple[str, ...] = setting(
+        (),
+        "ASR_HINTS",
+        _list,
+        "comma-separated words that bias recognition (names, terms)",
+    )
+    asr_initial_prompt: str | None = setting(
+        None,
+        "ASR_INITIAL_PROMPT",
+        _text,
+        "text that primes the recogniser (whisper initial_prompt)",
+    )
+    asr_beam_size: int = setting(5, "ASR_BEAM_SIZE", _int_at_least(1), "beam size")
+    asr_compute_type: str = setting(
+        "auto",
+        "ASR_COMPUTE_TYPE",
+        _word,
+        "CTranslate2 compute type (default: chosen from the device)",
+    )
+    qwen_asr_max_batch_size: int | None = setting(
+        None,
+        "QWEN_ASR_MAX_BATCH_SIZE",
+        _int_at_least(1),
+        "most ASR requests decoded together (default: from GPU memory)",
+    )
+    qwen_asr_max_new_tokens: int = setting(
+        512,
+        "QWEN_ASR_MAX_NEW_TOKENS",
+        _int_at_least(1),
+        "most tokens Qwen3-ASR writes for one request",
+    )
+    asr_dtype: str = setting(
+        "auto",
+        "ASR_DTYPE",
+        _choice(("auto", "float16", "bfloat16", "float32")),
+        "Qwen3-ASR precision (auto: FP16 on CUDA, FP32 on the CPU)",
+    )
+    asr_batch_window_ms: float = setting(
+        5.0,
+        "QWEN_ASR_BATCH_WINDOW_MS",
+        _float_above(0, inclusive=True),
+        "how long a lone request waits for others to batch with",
+    )
+    qwen_asr_quant: str = setting(
+        "auto",
+        "QWEN_ASR_QUANT",
+        _choice(QUANT_MODES),
+        "Qwen3-ASR weight-only quantisation of linear layers: auto (by GPU), none, int8, nf4",
+    )
+    # TTS
+    tts_engine: str = setting(
+        "piper",
+        "TTS_ENGINE",
+        _choice(TTS_ENGINES),
+        f"text-to-speech engine: {', '.join(TTS_ENGINES)}",
+    )
+    tts_model: str | None = setting(None, "TTS_MODEL", _text, "TTS model id or local path")
+    tts_chunk_size: int = setting(
+        200,
+        "QWEN_TTS_CHUNK_SIZE",
+        _int_at_least(0),
+        "max characters per TTS chunk; 0 disables chunking",
+        legacy_flags=("--qwen-tts-chunk-size",),
+        key="qwen_tts_chunk_size",
+    )
+    tts_default_voice: str | None = setting(
+        None,
+        "QWEN_TTS_SPEAKER",
+        _text,
+        "default voice (speaker) name",
+        legacy_flags=("--qwen-tts-speaker",),
+        key="qwen_tts_speaker",
+    )
+    qwen_tts_stream_window: int = setting(
+        8,
+        "QWEN_TTS_STREAM_WINDOW",
+        _int_at_least(0),
+        "Qwen3-TTS: decode audio every N codec frames (80 ms each) while generating; 0 = off",
+    )
+    tts_dtype: str = setting(
+        "auto",
+        "TTS_DTYPE",
+        _choice(("auto", "float16", "bfloat16", "float32")),
+        "Qwen3-TTS talker precision (auto: bf16 on sm_80+, FP16 on sm_70+, else FP32)",
+    )
+    qwen_tts_max_new_tokens: int | None = setting(
+        None,
+        "QWEN_TTS_MAX_NEW_TOKENS",
+        _int_at_least(1),
+        "most codec frames Qwen3-TTS generates for one chunk (default: the model's)",
+    )
+    qwen_tts_quant: str = setting(
+        "auto",
+        "QWEN_TTS_QUANT",
+        _choice(QUANT_MODES),
+        "Qwen3-TTS talker weight-only quantisation: auto (by GPU), none, int8, nf4",
+    )
+    qwen_tts_loop: str = setting(
+        "lean",
+        "QWEN_TTS_LOOP",
+        _choice(("lean", "upstream")),
+        "Qwen3-TTS decode loop: lean (ours: static caches, CUDA graphs) or upstream generate()",
+    )
+    qwen_tts_cuda_graphs: bool = setting(
+        True,
+        "QWEN_TTS_CUDA_GRAPHS",
+        _bool,
+        "Qwen3-TTS: replay the lean loop's steps as CUDA graphs on CUDA (--no-... = eager)",
+        switch=True,
+    )
+    tts_strict_voice: bool = setting(
+        False,
+        "TTS_STRICT_VOICE",
+        _bool,
+        "answer an unknown voice name with an error instead of the default voice",
+        switch=True,
+    )
+    # Limits
+    max_event_bytes: int = setting(
+        4 * 1024 * 1024,
+        "MAX_EVENT_BYTES",
+        _int_at_least(1024),
+        "largest event data or payload accepted",
+    )
+    max_audio_seconds: float = setting(
+        300.0,
+        "MAX_AUDIO_SECONDS",
+        _float_above(0, inclusive=False),
+        "longest ASR upload accepted",
+    )
+    max_text_chars: int = setting(
+        50_000,
+        "MAX_TEXT_CHARS",
+        _int_at_least(1),
+        "longest TTS text accepted",
+    )
+    idle_timeout: float = setting(
+        60.0,
+        "IDLE_TIMEOUT_SECONDS",
+        _float_above(0, inclusive=False),
+        "close a connection that sends or reads nothing for this long",
+    )
+    max_connections: int = setting(
+        64,
+        "MAX_CONNECTIONS",
+        _int_at_least(1),
+        "most simultaneous connections per server",
+    )
+    max_queue: int = setting(
+        32,
+        "MAX_QUEUE_DEPTH",
+        _int_at_least(1),
+        "most requests waiting for one engine before new ones are turned away",
+    )
+    shutdown_grace: float = setting(
+        10.0,
+        "SHUTDOWN_GRACE_SECONDS",
+        _float_above(0, inclusive=True),
+        "how long SIGTERM waits for requests in progress",
+    )
+    # OpenAI-style HTTP API on the same loaded models
+    http_enabled: bool = setting(
+        False,
+        "HTTP_ENABLED",
+        _bool,
+        "also serve the OpenAI-style HTTP API (/v1/audio/transcriptions, /v1/audio/speech)",
+        flag="--http",
+        switch=True,
+    )
+    http_host: str = setting("0.0.0.0", "HTTP_HOST", _host, "where the HTTP API listens")
+    http_port: tuple[int, ...] = setting(
+        (8001,),
+        "HTTP_PORT",
+        _ports,
+        "HTTP API port(s), comma-separated; each serves the whole API (e.g. 8001,8002)",
+    )
+    http_api_key: str | None = setting(
+        None,
+        "HTTP_API_KEY",
+        _text,
+        "require this bearer token on the HTTP API (default: no token)",
+    )
+    http_max_upload_mb: float = setting(
+        25.0,
+        "HTTP_MAX_UPLOAD_MB",
+        _float_above(0, inclusive=False),
+        "largest HTTP upload accepted, in MB",
+    )
+    # Discovery
+    zeroconf: bool = setting(
+        False,
+        "ZEROCONF",
+        _bool,
+        "advertise the servers on the LAN (mDNS, _wyoming._tcp) so Home Assistant finds them",
+        switch=True,
+    )
+    zeroconf_name: str = setting(
+        "opentalker",
+        "ZEROCONF_NAME",
+        _host,
+        "zeroconf instance name prefix (NAME-asr, NAME-tts)",
+    )
+    zeroconf_host: str | None = setting(
+        None,
+        "ZEROCONF_HOST",
+        _text,
+        "address to advertise (default: this host's LAN address)",
+    )
+    memory_check: bool = setting(
+        True,
+        "MEMORY_CHECK",
+        _bool,
+        "on a GPU, refuse to start when the models will not fit its free memory",
+        switch=True,
+    )
+
+
+@dataclass(frozen=True)
 class Option:
-    """One setting: its field, flag, environment variable and parser."""
+    """One setting as the readers see it, derived from its field."""
 
     name: str
     flag: str
     env: str | None
     parse: Callable[[str], Any]
     help: str
-    is_flag: bool = False  # boolean switch on the command line (--x / --no-x)
+    is_flag: bool
+    key: str
+    legacy_flags: tuple[str, ...]
 
 
-OPTIONS: tuple[Option, ...] = (
-    Option("services", "--services", "SERVICES", _services, "which servers run: asr, tts or all"),
-    Option("asr_uri", "--asr-uri", "ASR_URI", _uri, "where the ASR server listens"),
-    Option("tts_uri", "--tts-uri", "TTS_URI", _uri, "where the TTS server listens"),
-    Option("device", "--device", "DEVICE", _device, "auto, cpu, cuda or cuda:N"),
-    Option(
-        "log_level", "--log-level", "LOG_LEVEL", _choice(LOG_LEVELS, upper=True), "logging level"
-    ),
-    Option("hf_endpoint", "--hf-endpoint", "HF_ENDPOINT", _text, "Hugging Face mirror URL"),
-    Option("cache_dir", "--cache-dir", "MODEL_CACHE_DIR", _path, "where downloaded models live"),
-    Option(
-        "local_files_only",
-        "--local-files-only",
-        "HF_HUB_OFFLINE",
-        _bool,
-        "never download; use local paths and the cache only",
-        is_flag=True,
-    ),
-    Option(
-        "asr_engine",
-        "--asr-engine",
-        "ASR_ENGINE",
-        _choice(ASR_ENGINES),
-        f"speech-to-text engine: {', '.join(ASR_ENGINES)}",
-    ),
-    Option("asr_model", "--asr-model", "ASR_MODEL", _text, "ASR model id, alias or local path"),
-    Option(
-        "asr_language",
-        "--asr-language",
-        "ASR_LANGUAGE",
-        _text,
-        "language used when a request names none (default: detect)",
-    ),
-    Option(
-        "asr_hints",
-        "--asr-hints",
-        "ASR_HINTS",
-        _list,
-        "comma-separated words that bias recognition (names, terms)",
-    ),
-    Option(
-        "asr_initial_prompt",
-        "--asr-initial-prompt",
-        "ASR_INITIAL_PROMPT",
-        _text,
-        "text that primes the recogniser (whisper initial_prompt)",
-    ),
-    Option("asr_beam_size", "--asr-beam-size", "ASR_BEAM_SIZE", _int_at_least(1), "beam size"),
-    Option(
-        "asr_compute_type",
-        "--asr-compute-type",
-        "ASR_COMPUTE_TYPE",
-        _text,
-        "CTranslate2 compute type (default: chosen from the device)",
-    ),
-    Option(
-        "qwen_asr_use_fp16",
-        "--qwen-asr-use-fp16",
+def _options() -> tuple[Option, ...]:
+    options = []
+    for item in fields(Settings):
+        how: Setting = item.metadata["setting"]
+        options.append(
+            Option(
+                item.name,
+                how.flag or "--" + item.name.replace("_", "-"),
+                how.env,
+                how.parse,
+                how.help,
+                how.switch,
+                how.key or item.name,
+                how.legacy_flags,
+            )
+        )
+    return tuple(options)
+
+
+OPTIONS = _options()
+_BY_NAME = {option.name: option for option in OPTIONS}
+_BY_KEY = {option.key: option for option in OPTIONS} | _BY_NAME
+_TYPES = get_type_hints(Settings)
+
+
+@dataclass(frozen=True)
+class Legacy:
+    """An old setting folded into a newer one: its value is translated, and the newer
+    setting, given in the same place or a stronger one, wins."""
+
+    env: str
+    flag: str
+    key: str
+    target: str
+    translate: Callable[[bool], str]
+
+
+LEGACY = (
+    # FP16 on (the old default) is the ASR precision's auto; off asks for FP32.
+    Legacy(
         "QWEN_ASR_USE_FP16",
-        _bool,
-        "load Qwen3-ASR weights in FP16 on CUDA",
-        is_flag=True,
-    ),
-    Option(
-        "qwen_asr_max_batch_size",
-        "--qwen-asr-max-batch-size",
-        "QWEN_ASR_MAX_BATCH_SIZE",
-        _int_at_least(1),
-        "most ASR requests decoded together (default: from GPU memory)",
-    ),
-    Option(
-        "qwen_asr_max_new_tokens",
-        "--qwen-asr-max-new-tokens",
-        "QWEN_ASR_MAX_NEW_TOKENS",
-        _int_at_least(1),
-        "most tokens Qwen3-ASR writes for one request",
-    ),
-    Option(
+        "--qwen-asr-use-fp16",
+        "qwen_asr_use_fp16",
         "asr_dtype",
-        "--asr-dtype",
-        "ASR_DTYPE",
-        _choice(("auto", "float16", "bfloat16", "float32")),
-        "Qwen3-ASR weight precision (auto: FP16 on CUDA per QWEN_ASR_USE_FP16, else FP32)",
-    ),
-    Option(
-        "asr_batch_window_ms",
-        "--asr-batch-window-ms",
-        "QWEN_ASR_BATCH_WINDOW_MS",
-        _float_above(0, inclusive=True),
-        "how long a lone request waits for others to batch with",
-    ),
-    Option(
-        "qwen_asr_quant",
-        "--qwen-asr-quant",
-        "QWEN_ASR_QUANT",
-        _choice(QUANT_MODES),
-        "Qwen3-ASR weight-only quantisation of linear layers: auto (by GPU), none, int8, nf4",
-    ),
-    Option(
-        "tts_engine",
-        "--tts-engine",
-        "TTS_ENGINE",
-        _choice(TTS_ENGINES),
-        f"text-to-speech engine: {', '.join(TTS_ENGINES)}",
-    ),
-    Option("tts_model", "--tts-model", "TTS_MODEL", _text, "TTS model id or local path"),
-    Option(
-        "qwen_tts_chunk_size",
-        "--qwen-tts-chunk-size",
-        "QWEN_TTS_CHUNK_SIZE",
-        _int_at_least(0),
-        "max characters per TTS chunk; 0 disables chunking",
-    ),
-    Option(
-        "qwen_tts_speaker",
-        "--qwen-tts-speaker",
-        "QWEN_TTS_SPEAKER",
-        _text,
-        "default voice (speaker) name",
-    ),
-    Option(
-        "qwen_tts_stream_window",
-        "--qwen-tts-stream-window",
-        "QWEN_TTS_STREAM_WINDOW",
-        _int_at_least(0),
-        "Qwen3-TTS: decode audio every N codec frames (80 ms each) while generating; 0 = off",
-    ),
-    Option(
-        "tts_dtype",
-        "--tts-dtype",
-        "TTS_DTYPE",
-        _choice(("auto", "float16", "bfloat16", "float32")),
-        "Qwen3-TTS talker precision (auto: bf16 on sm_80+, FP16 on sm_70+, else FP32)",
-    ),
-    Option(
-        "qwen_tts_max_new_tokens",
-        "--qwen-tts-max-new-tokens",
-        "QWEN_TTS_MAX_NEW_TOKENS",
-        _int_at_least(1),
-        "most codec frames Qwen3-TTS generates for one chunk (default: the model's)",
-    ),
-    Option(
-        "qwen_tts_quant",
-        "--qwen-tts-quant",
-        "QWEN_TTS_QUANT",
-        _choice(QUANT_MODES),
-        "Qwen3-TTS talker weight-only quantisation: auto (by GPU), none, int8, nf4",
-    ),
-    Option(
-        "qwen_tts_loop",
-        "--qwen-tts-loop",
-        "QWEN_TTS_LOOP",
-        _choice(("lean", "upstream")),
-        "Qwen3-TTS decode loop: lean (ours: static caches, CUDA graphs) or upstream generate()",
-    ),
-    Option(
-        "qwen_tts_cuda_graphs",
-        "--qwen-tts-cuda-graphs",
-        "QWEN_TTS_CUDA_GRAPHS",
-        _bool,
-        "Qwen3-TTS: replay the lean loop's steps as CUDA graphs on CUDA (--no-... = eager)",
-        is_flag=True,
-    ),
-    Option(
-        "tts_strict_voice",
-        "--tts-strict-voice",
-        "TTS_STRICT_VOICE",
-        _bool,
-        "answer an unknown voice name with an error instead of the default voice",
-        is_flag=True,
-    ),
-    Option(
-        "max_event_bytes",
-        "--max-event-bytes",
-        "MAX_EVENT_BYTES",
-        _int_at_least(1024),
-        "largest event data or payload accepted",
-    ),
-    Option(
-        "max_audio_seconds",
-        "--max-audio-seconds",
-        "MAX_AUDIO_SECONDS",
-        _float_above(0, inclusive=False),
-        "longest ASR upload accepted",
-    ),
-    Option(
-        "max_text_chars",
-        "--max-text-chars",
-        "MAX_TEXT_CHARS",
-        _int_at_least(1),
-        "longest TTS text accepted",
-    ),
-    Option(
-        "idle_timeout",
-        "--idle-timeout",
-        "IDLE_TIMEOUT_SECONDS",
-        _float_above(0, inclusive=False),
-        "close a connection that sends or reads nothing for this long",
-    ),
-    Option(
-        "max_connections",
-        "--max-connections",
-        "MAX_CONNECTIONS",
-        _int_at_least(1),
-        "most simultaneous connections per server",
-    ),
-    Option(
-        "max_queue",
-        "--max-queue",
-        "MAX_QUEUE_DEPTH",
-        _int_at_least(1),
-        "most requests waiting for one engine before new ones are turned away",
-    ),
-    Option(
-        "shutdown_grace",
-        "--shutdown-grace",
-        "SHUTDOWN_GRACE_SECONDS",
-        _float_above(0, inclusive=True),
-        "how long SIGTERM waits for requests in progress",
-    ),
-    Option(
-        "http_enabled",
-        "--http",
-        "HTTP_ENABLED",
-        _bool,
-        "also serve the OpenAI-style HTTP API (/v1/audio/transcriptions, /v1/audio/speech)",
-        is_flag=True,
-    ),
-    Option("http_host", "--http-host", "HTTP_HOST", _host, "where the HTTP API listens"),
-    Option(
-        "http_port",
-        "--http-port",
-        "HTTP_PORT",
-        _ports,
-        "HTTP API port(s), comma-separated; each serves the whole API (e.g. 8001,8002)",
-    ),
-    Option(
-        "http_api_key",
-        "--http-api-key",
-        "HTTP_API_KEY",
-        _text,
-        "require this bearer token on the HTTP API (default: no token)",
-    ),
-    Option(
-        "http_max_upload_mb",
-        "--http-max-upload-mb",
-        "HTTP_MAX_UPLOAD_MB",
-        _float_above(0, inclusive=False),
-        "largest HTTP upload accepted, in MB",
-    ),
-    Option(
-        "zeroconf",
-        "--zeroconf",
-        "ZEROCONF",
-        _bool,
-        "advertise the servers on the LAN (mDNS, _wyoming._tcp) so Home Assistant finds them",
-        is_flag=True,
-    ),
-    Option(
-        "zeroconf_name",
-        "--zeroconf-name",
-        "ZEROCONF_NAME",
-        _host,
-        "zeroconf instance name prefix (NAME-asr, NAME-tts)",
-    ),
-    Option(
-        "zeroconf_host",
-        "--zeroconf-host",
-        "ZEROCONF_HOST",
-        _text,
-        "address to advertise (default: this host's LAN address)",
-    ),
-    Option(
-        "memory_check",
-        "--memory-check",
-        "MEMORY_CHECK",
-        _bool,
-        "on a GPU, refuse to start when the models will not fit its free memory",
-        is_flag=True,
+        lambda fp16: "auto" if fp16 else "float32",
     ),
 )
-_BY_NAME = {option.name: option for option in OPTIONS}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -523,16 +521,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="shortcut for --log-level DEBUG")
     for option in OPTIONS:
         label = f"{option.help} [{option.env}]" if option.env else option.help
+        names = (option.flag, *option.legacy_flags)
         if option.is_flag:
             parser.add_argument(
-                option.flag, dest=option.name, action=argparse.BooleanOptionalAction, help=label
+                *names, dest=option.name, action=argparse.BooleanOptionalAction, help=label
             )
         else:
-            parser.add_argument(option.flag, dest=option.name, metavar="VALUE", help=label)
+            parser.add_argument(*names, dest=option.name, metavar="VALUE", help=label)
+    for legacy in LEGACY:
+        parser.add_argument(
+            legacy.flag,
+            dest=_legacy_dest(legacy),
+            action=argparse.BooleanOptionalAction,
+            help=f"old form of --{legacy.target.replace('_', '-')} [{legacy.env}]",
+        )
     return parser
 
 
+def _legacy_dest(legacy: Legacy) -> str:
+    return "legacy_" + legacy.key
+
+
 def _from_options_file(path: Path) -> dict[str, str]:
+    """The file's values by add-on key, as text; keys that are not settings are skipped."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -541,9 +552,10 @@ def _from_options_file(path: Path) -> dict[str, str]:
         raise SettingsError(f"options file {path} cannot be read: {err}") from None
     if not isinstance(data, dict):
         raise SettingsError(f"options file {path} must hold a JSON object")
+    legacy_keys = {legacy.key for legacy in LEGACY}
     raw: dict[str, str] = {}
     for key, value in data.items():
-        if key not in _BY_NAME:
+        if key not in _BY_KEY and key not in legacy_keys:
             continue  # the add-on may carry keys for itself; they are not ours
         if value is None or value == "":
             continue
@@ -556,42 +568,68 @@ def _from_options_file(path: Path) -> dict[str, str]:
     return raw
 
 
+class _Raw:
+    """Setting values as text, by field, each with where it came from; a later ``set``
+    (a stronger source) replaces an earlier one."""
+
+    def __init__(self) -> None:
+        self.text: dict[str, str] = {}
+        self.source: dict[str, str] = {}
+
+    def set(self, name: str, text: str, source: str) -> None:
+        self.text[name] = text
+        self.source[name] = source
+
+    def legacy(self, legacy: Legacy, text: str, source: str) -> None:
+        try:
+            value = _bool(text)
+        except ValueError as err:
+            raise SettingsError(f"{source}={text!r} is invalid: {err}") from None
+        self.set(legacy.target, legacy.translate(value), source)
+
+
 def load_settings(
     argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
 ) -> Settings:
     """Read flags, environment and options file into validated ``Settings``."""
     environ = os.environ if environ is None else environ
     args = build_parser().parse_args(argv)
-    raw: dict[str, str] = {}
+    raw = _Raw()
     if args.options_file is not None:
-        raw.update(_from_options_file(args.options_file))
-
-    sources: dict[str, str] = {name: "options file" for name in raw}
+        given = _from_options_file(args.options_file)
+        for legacy in LEGACY:
+            if legacy.key in given:
+                raw.legacy(legacy, given[legacy.key], "options file")
+        for key, text in given.items():
+            if key in _BY_KEY:
+                raw.set(_BY_KEY[key].name, text, "options file")
+    for legacy in LEGACY:
+        if environ.get(legacy.env, "").strip():
+            raw.legacy(legacy, environ[legacy.env], legacy.env)
     for option in OPTIONS:
         if option.env and environ.get(option.env, "").strip():
-            raw[option.name] = environ[option.env]
-            sources[option.name] = option.env
+            raw.set(option.name, environ[option.env], option.env)
+    for legacy in LEGACY:
+        flagged = getattr(args, _legacy_dest(legacy))
+        if flagged is not None:
+            raw.legacy(legacy, str(flagged).lower(), legacy.flag)
+    for option in OPTIONS:
         cli_value = getattr(args, option.name)
         if cli_value is not None:
-            raw[option.name] = str(cli_value).lower() if option.is_flag else str(cli_value)
-            sources[option.name] = option.flag
+            text = str(cli_value).lower() if option.is_flag else str(cli_value)
+            raw.set(option.name, text, option.flag)
 
-    if args.service and args.service != "all":
-        raw["services"] = args.service
-        sources["services"] = "service"
-    elif args.service == "all":
-        raw["services"] = "all"
-        sources["services"] = "service"
+    if args.service:
+        raw.set("services", args.service, "service")
     if args.debug:
-        raw["log_level"] = "DEBUG"
+        raw.set("log_level", "DEBUG", "--debug")
 
     values: dict[str, Any] = {}
-    for name, text in raw.items():
-        option = _BY_NAME[name]
+    for name, text in raw.text.items():
         try:
-            values[name] = option.parse(text)
+            values[name] = _BY_NAME[name].parse(text)
         except ValueError as err:
-            raise SettingsError(f"{sources[name]}={text!r} is invalid: {err}") from None
+            raise SettingsError(f"{raw.source[name]}={text!r} is invalid: {err}") from None
 
     services: tuple[str, ...] = values.get("services", SERVICES)
     if args.uri:
@@ -603,9 +641,29 @@ def load_settings(
             raise SettingsError(f"--uri={args.uri!r} is invalid: {err}") from None
 
     _apply_model_name(values, services, environ)
+    for name, value in values.items():
+        _check_type(name, value, raw.source.get(name, "MODEL_NAME"))
     settings = Settings(**values)
     _check_uris(settings)
     return settings
+
+
+def _check_type(name: str, value: Any, source: str) -> None:
+    """A parsed value has its field's declared type (``Settings(**values)`` cannot be
+    checked statically); a parser that returns something else is a bug, said in one line."""
+    hint = _TYPES[name]
+    args = typing.get_args(hint)
+    origin = typing.get_origin(hint)
+    allowed: tuple[Any, ...]
+    if origin in (types.UnionType, typing.Union):
+        allowed = tuple(typing.get_origin(a) or a for a in args)
+    else:
+        allowed = (origin or hint,)
+    allowed = tuple(type(None) if a is None else a for a in allowed)
+    if float in allowed:
+        allowed = (*allowed, int)
+    if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+        raise SettingsError(f"{source} gives {name} the value {value!r}, which is not a {hint}")
 
 
 def _apply_model_name(

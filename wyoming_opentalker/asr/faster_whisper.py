@@ -218,6 +218,3 @@ def _simplifier() -> Callable[[str], str] | None:
         return str(converter.convert(text))
 
     return convert
-
-
-ENGINE = FasterWhisperEngine

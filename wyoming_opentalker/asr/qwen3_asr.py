@@ -79,10 +79,8 @@ def resolve(settings: Settings) -> ResolvedModel:
 
 
 def asr_precision(settings: Settings, device: str, gpu: GpuInfo | None) -> PrecisionChoice:
-    """``ASR_DTYPE`` if given, else FP16 on CUDA when ``QWEN_ASR_USE_FP16`` (the default)."""
-    if settings.asr_dtype != "auto":
-        return choose_precision(Precision(settings.asr_dtype), device, gpu)
-    wanted = Precision.FP16 if settings.qwen_asr_use_fp16 else Precision.FP32
+    """``ASR_DTYPE`` if given, else FP16 (on CUDA; the CPU gets FP32)."""
+    wanted = Precision.FP16 if settings.asr_dtype == "auto" else Precision(settings.asr_dtype)
     return choose_precision(wanted, device, gpu)
 
 
@@ -459,6 +457,3 @@ def _join(texts: Sequence[str]) -> str:
             joined += " "
         joined += text
     return joined
-
-
-ENGINE = Qwen3AsrEngine

@@ -6,12 +6,12 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
-from types import ModuleType
 
 from wyoming.event import Event
 from wyoming.info import AsrModel, AsrProgram, Attribution, Info
 
 from .. import __version__
+from ..backends import ASR_BACKENDS
 from ..device import GpuInfo
 from ..engine import (
     PROGRAM_NAME,
@@ -21,7 +21,7 @@ from ..engine import (
     AsrResult,
     EngineError,
     InferenceWorker,
-    import_backend,
+    pick_backend,
 )
 from ..languages import language_code
 from ..memory import MemoryNeed
@@ -30,22 +30,12 @@ from ..settings import Settings
 _LOGGER = logging.getLogger(__name__)
 
 
-# Engine name -> module in this package. A new backend is one file and one line here.
-_BACKENDS = {"faster-whisper": "faster_whisper", "qwen3-asr": "qwen3_asr"}
-
-
-def _backend(settings: Settings) -> ModuleType:
-    return import_backend(__package__ or "", _BACKENDS, settings.asr_engine)
-
-
 def load_asr_engine(settings: Settings, device: str) -> AsrEngine:
-    engine: AsrEngine = _backend(settings).ENGINE(settings, device)
-    return engine
+    return pick_backend(ASR_BACKENDS, settings.asr_engine).load(settings, device)
 
 
 def asr_memory_need(settings: Settings, device: str, gpu: GpuInfo | None) -> MemoryNeed:
-    need: MemoryNeed = _backend(settings).memory_need(settings, device, gpu)
-    return need
+    return pick_backend(ASR_BACKENDS, settings.asr_engine).memory_need(settings, device, gpu)
 
 
 @dataclass

@@ -197,7 +197,7 @@ class PiperEngine(TtsEngine):
             rate = int(voice.config.sample_rate)
             self._voices[info.name] = _LoadedVoice(voice, info, speaker_ids, file, rate)
         self._rate = max(loaded.rate for loaded in self._voices.values())
-        wanted = settings.qwen_tts_speaker
+        wanted = settings.tts_default_voice
         if wanted is not None and wanted not in self._voices:
             raise ModelError(
                 f"default voice {wanted!r} is not installed (have: {', '.join(self._voices)})"
@@ -282,6 +282,3 @@ class PiperEngine(TtsEngine):
             + advice,
             "unsupported-language",
         )
-
-
-ENGINE = PiperEngine

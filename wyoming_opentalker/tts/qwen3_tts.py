@@ -209,7 +209,7 @@ def planned_positions(path: Path, settings: Settings) -> int:
     cache (and its CUDA graphs) is sized for this; a longer prompt runs eagerly."""
     # Chunking off has no bound but the text limit; plan for a 1,000-character answer (a
     # longer one that runs out of memory is retried in halves).
-    chars = settings.qwen_tts_chunk_size or min(UNCHUNKED_PLAN_CHARS, settings.max_text_chars)
+    chars = settings.tts_chunk_size or min(UNCHUNKED_PLAN_CHARS, settings.max_text_chars)
     frames = frame_cap("x" * chars, settings.qwen_tts_max_new_tokens)
     return _PROMPT_FIXED + _PROMPT_PER_CHAR * chars + frames
 
@@ -220,7 +220,7 @@ def decoded_frames(settings: Settings) -> int:
     in upstream's 300-frame pieces."""
     window = settings.qwen_tts_stream_window
     if window == 0:
-        chars = settings.qwen_tts_chunk_size or min(UNCHUNKED_PLAN_CHARS, settings.max_text_chars)
+        chars = settings.tts_chunk_size or min(UNCHUNKED_PLAN_CHARS, settings.max_text_chars)
         return min(frame_cap("x" * chars, settings.qwen_tts_max_new_tokens), _DECODE_MAX_FRAMES)
     return window * WINDOW_GROWTH
 
@@ -254,7 +254,7 @@ def memory_need(settings: Settings, device: str, gpu: GpuInfo | None) -> MemoryN
     weights += checkpoint_bytes(codec, Precision.FP32, "none", quantisable, include=codec_resident)
     cpu = sum(t.numel * BYTES_PER[precision] for n, t in talker.items() if "text_embedding" in n)
     detail = (
-        f"chunk {settings.qwen_tts_chunk_size or 'off'}, "
+        f"chunk {settings.tts_chunk_size or 'off'}, "
         f"window {settings.qwen_tts_stream_window or 'off'}"
     )
     return MemoryNeed(
@@ -379,7 +379,7 @@ class Qwen3TtsEngine(TtsEngine):
         self._lean = self._lean_loop(settings, resolved.path, device)
         self._voices = self._build_voices()
         by_lower = {voice.name.lower(): voice.name for voice in self._voices}
-        wanted = settings.qwen_tts_speaker
+        wanted = settings.tts_default_voice
         if wanted is not None and wanted.lower() not in by_lower:
             _LOGGER.warning(
                 "QWEN_TTS_SPEAKER=%s is not a voice of this model; using %s (have: %s)",
@@ -697,6 +697,3 @@ def _capture_prompts(talker: Any) -> None:
 
     generate._prompt_capture = True  # type: ignore[attr-defined]
     talker.generate = generate
-
-
-ENGINE = Qwen3TtsEngine

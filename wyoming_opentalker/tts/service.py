@@ -8,7 +8,6 @@ import logging
 import re
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable
 from dataclasses import dataclass, field
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -16,6 +15,7 @@ from wyoming.event import Event
 from wyoming.info import Attribution, Info, TtsProgram, TtsVoice, TtsVoiceSpeaker
 
 from .. import __version__
+from ..backends import TTS_BACKENDS
 from ..chunking import SentenceStream, chunk_text
 from ..device import GpuInfo
 from ..engine import (
@@ -26,7 +26,7 @@ from ..engine import (
     TtsEngine,
     TtsRequest,
     Voice,
-    import_backend,
+    pick_backend,
 )
 from ..languages import language_code, reads
 from ..memory import MemoryNeed
@@ -42,22 +42,13 @@ MAX_BUFFERED_SECONDS = 20.0
 # A Piper-style voice name starts with its locale: en_US-amy-medium, de_DE-thorsten-low.
 _NAME_LOCALE = re.compile(r"^([a-z]{2,3})[_-]([A-Za-z]{2})(?:[-_.]|$)")
 
-# Engine name -> module in this package. A new backend is one file and one line here.
-_BACKENDS = {"piper": "piper", "qwen3-tts": "qwen3_tts"}
-
-
-def _backend(settings: Settings) -> ModuleType:
-    return import_backend(__package__ or "", _BACKENDS, settings.tts_engine)
-
 
 def load_tts_engine(settings: Settings, device: str) -> TtsEngine:
-    engine: TtsEngine = _backend(settings).ENGINE(settings, device)
-    return engine
+    return pick_backend(TTS_BACKENDS, settings.tts_engine).load(settings, device)
 
 
 def tts_memory_need(settings: Settings, device: str, gpu: GpuInfo | None) -> MemoryNeed:
-    need: MemoryNeed = _backend(settings).memory_need(settings, device, gpu)
-    return need
+    return pick_backend(TTS_BACKENDS, settings.tts_engine).memory_need(settings, device, gpu)
 
 
 async def _each(items: Iterable[str]) -> AsyncIterator[str]:
@@ -148,11 +139,11 @@ class TtsService:
     def text_chunks(self, text: str) -> list[str]:
         """One text as the chunks it is spoken in; empty when it has nothing to speak."""
         self.check_length(len(text))
-        return chunk_text(text, self.settings.qwen_tts_chunk_size)
+        return chunk_text(text, self.settings.tts_chunk_size)
 
     def sentence_stream(self) -> SentenceStream:
         """Cuts streamed text into sentences, spoken as they complete."""
-        return SentenceStream(self.settings.qwen_tts_chunk_size)
+        return SentenceStream(self.settings.tts_chunk_size)
 
     def has_voice(self, name: str) -> bool:
         """Whether ``name`` (any case) is an installed voice."""
