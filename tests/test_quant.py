@@ -272,11 +272,25 @@ def _asr_run(path: Path, mode: quant.QuantMode) -> tuple[Any, quant.QuantReport,
     return asr, report, logits()
 
 
+def _bf16_gemv() -> float:
+    """On CPUs with AVX512-BF16, bitsandbytes 0.50.2 registers other CPU kernels (single-row
+    nf4 products in bfloat16) and its error on the tiny models doubles or more."""
+    try:
+        from bitsandbytes.functional import has_avx512bf16
+    except ImportError:
+        return 1.0
+    return 2.0 if has_avx512bf16() else 1.0
+
+
+_BF16_GEMV = _bf16_gemv()
+
+
 def test_tiny_qwen3_asr_transcribes_in_each_mode(asr_model: Path) -> None:
     _, _, want = _asr_run(asr_model, "none")
-    # measured: int8 0.0197, nf4 0.352 (the tiny model's weights are N(0, 0.5), far
-    # rougher than a trained model's, and its audio tower and LLM compound the error)
-    for mode, tolerance in (("int8", 0.04), ("nf4", 0.6)):
+    # measured: int8 0.0197, nf4 0.352 (0.767 with AVX512-BF16). The tiny model's weights
+    # are N(0, 0.5), far rougher than a trained model's, and its audio tower and LLM
+    # compound the error.
+    for mode, tolerance in (("int8", 0.04), ("nf4", 0.6 * _BF16_GEMV)):
         _, report, got = _asr_run(asr_model, mode)
         assert report.converted == len(_asr_meta_shapes(asr_model, mode))
         predicted = quant.quantized_weight_bytes(_asr_meta_shapes(asr_model, mode), mode, "float32")
@@ -293,8 +307,10 @@ def test_tiny_qwen3_tts_speaks_in_each_mode(tts_model: Path) -> None:
     from qwen_tts import Qwen3TTSModel
 
     reference: torch.Tensor | None = None
-    # measured on the codec head's prefill logits: int8 0.0080, nf4 0.118
-    for mode, tolerance in (("none", 0.0), ("int8", 0.02), ("nf4", 0.25)):
+    # measured on the codec head's prefill logits: int8 0.0080, nf4 0.118 (0.55 on a CPU
+    # with AVX512-BF16, where bitsandbytes takes other CPU kernels)
+    nf4 = 0.25 if _BF16_GEMV == 1.0 else 0.7
+    for mode, tolerance in (("none", 0.0), ("int8", 0.02), ("nf4", nf4)):
         tts = Qwen3TTSModel.from_pretrained(str(tts_model), dtype=torch.float32, device_map="cpu")
         talker = tts.model.talker
         embeddings = [m.weight for m in talker.modules() if isinstance(m, nn.Embedding)]

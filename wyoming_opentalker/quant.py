@@ -346,12 +346,10 @@ def _to_nf4(linear: Any, device: str) -> Any:
     replacement._forward_pre_hooks.update(linear._forward_pre_hooks)
     replacement.train(linear.training)
     replacement = replacement.to(device)  # bitsandbytes quantises on this move
-    blocksize = int(getattr(replacement.weight, "blocksize", 64) or 64)
-    if linear.in_features % blocksize:
-        # bitsandbytes 0.50.2 repacks CPU weights for AVX512-BF16 in rows of whole blocks,
-        # which fails for a width that is not a multiple of the block (64); its plain path
-        # handles any width.
-        replacement.support_avx512bf16_for_cpu = False
+    # On CPUs with AVX512-BF16, bitsandbytes 0.50.2 repacks the weights at the first call
+    # for a bfloat16 kernel, and the repack fails for a width that is not a whole number
+    # of 64-blocks (the tiny test checkpoints' 32). Its plain path handles any width.
+    replacement.support_avx512bf16_for_cpu = False
     return replacement
 
 
