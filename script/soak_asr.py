@@ -40,17 +40,18 @@ async def soak(
     port: int, pid: int, audio: tuple[bytes, int, int, int], requests: int, every: int
 ) -> list[tuple[int, float]]:
     samples = [(0, rss_mib(pid))]
-    done = 0
+    sent = done = 0
     started = time.monotonic()
 
     async def client() -> None:
-        nonlocal done
-        while done < requests:
-            done += 1
+        nonlocal sent, done
+        while sent < requests:
+            sent += 1
             pcm, rate, width, channels = audio
             result = await transcribe(port, pcm, rate, width, channels, language="en")
             if result.event.type != "transcript":
-                raise RuntimeError(f"request {done} failed: {result.event.data}")
+                raise RuntimeError(f"request {sent} failed: {result.event.data}")
+            done += 1
             if done % every == 0:
                 samples.append((done, rss_mib(pid)))
                 print(
