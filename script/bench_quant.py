@@ -38,10 +38,13 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.qwen_models
 
 warnings.filterwarnings("ignore")
 logging.disable(logging.WARNING)
@@ -296,8 +299,8 @@ def _meta_models() -> dict[str, Any]:
         Qwen3ASRConfig,
         Qwen3ASRForConditionalGeneration,
     )
-    from wyoming_opentalker.testing import qwen_models as qm
 
+    from tests import qwen_models as qm
     from wyoming_opentalker.tts.qwen3_tts import import_qwen_tts
 
     import_qwen_tts()
