@@ -83,7 +83,8 @@ class Prompt:
 
 
 class Overflow(Exception):
-    """The talker's or predictor's logits were not finite (an FP16 overflow)."""
+    """The talker's or predictor's logits were not finite (an FP16 overflow); raised by
+    both decode loops."""
 
 
 def unsupported(talker: Any) -> str | None:
@@ -169,20 +170,15 @@ class _Layer:
         self.act = mlp.act_fn
 
 
-def _rotate_half(x: Any) -> Any:
-    import torch
-
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
 class Stack:
     """A decoder stack (the talker's layers or the code predictor's) stepped over a
     preallocated KV cache, calling the layers' own submodules."""
 
     def __init__(self, model: Any, cos: Any, sin: Any, capacity: int, *, zeroed: bool) -> None:
         import torch
+        from qwen_tts.core.models.modeling_qwen3_tts import rotate_half
 
+        self._rotate_half = rotate_half  # upstream's, so the rotation is exactly its
         self.layers = [_Layer(layer) for layer in model.layers]
         self.norm = _fast(model.norm)
         attention = model.layers[0].self_attn
@@ -202,14 +198,15 @@ class Stack:
         self.slots = torch.arange(capacity, device=weight.device)
 
     def _attend(self, layer: _Layer, x: Any, cos: Any, sin: Any, store: Callable[..., Any]) -> Any:
+        rotate_half = self._rotate_half
         length = x.shape[1]
         shape = (1, length, -1, self.head_dim)
         h = layer.input_norm(x)
         q = layer.q_norm(layer.q(h).view(shape)).transpose(1, 2)
         k = layer.k_norm(layer.k(h).view(shape)).transpose(1, 2)
         v = layer.v(h).view(shape).transpose(1, 2)
-        q = q * cos + _rotate_half(q) * sin
-        k = k * cos + _rotate_half(k) * sin
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
         out = store(q, k, v)
         x = x + layer.o(out.transpose(1, 2).reshape(1, length, -1))
         h = layer.post_norm(x)
@@ -391,13 +388,6 @@ class LeanTalker:
                 mask[prompt.eos] = True
             self._masks[key] = mask
         return mask
-
-    def generate(self, prompt: Prompt, cap: int) -> Any:
-        """All frames (T x groups, on the device) of one prompt."""
-        frames = list(self.frames(prompt, cap))
-        if not frames:
-            return self._torch.zeros((0, self.groups), dtype=self._torch.long, device=self.device)
-        return self._torch.stack(frames)
 
     def frames(self, prompt: Prompt, cap: int) -> Generator[Any, None, None]:
         """Frames (groups codes each, on the device) until EOS or ``cap`` tokens, like

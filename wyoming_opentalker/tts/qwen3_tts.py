@@ -3,9 +3,9 @@
 ``generate_custom_voice`` returns whole waveforms only, from a Hugging Face ``generate()``
 that is launch-bound on small GPUs. This engine builds the prompt with upstream's own code,
 then runs its own decode loop (``qwen3_loop``: static KV caches, CUDA graphs on CUDA) and
-decodes the codec frames in windows as they are generated (``qwen3_codec``: the same audio
-a whole decode gives), while generation continues in a helper thread.
-``QWEN_TTS_LOOP=upstream`` runs upstream's ``generate()`` instead, for comparison.
+decodes the codec frames in windows between frames as they are generated (``qwen3_codec``:
+the same audio a whole decode gives). ``QWEN_TTS_LOOP=upstream`` runs upstream's
+``generate()`` instead, in a helper thread, for comparison.
 
 Residency is lean so both Qwen models fit a 4 GB card: the talker's 151,936 x 2048 text
 embedding (0.58 GiB in 16-bit) is only looked up while building the prompt, so it stays
@@ -57,9 +57,9 @@ if TYPE_CHECKING:
 _LOGGER = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "Qwen/Qwen3-TTS-12Hz-0.6B-CustomVoice"
-# Streaming windows: the first one is small for time to first audio; later ones grow (up
-# to WINDOW_GROWTH times QWEN_TTS_STREAM_WINDOW) to take a backlog in one decode, or when
-# the audio already sent is LEAD_TO_GROW seconds ahead of real time.
+# Streaming windows: the first one is small for time to first audio; later ones grow to
+# WINDOW_GROWTH times QWEN_TTS_STREAM_WINDOW (fewer, larger decodes) while the audio
+# already sent is LEAD_TO_GROW seconds ahead of real time.
 FIRST_WINDOW_FRAMES = 4
 WINDOW_GROWTH = 4
 LEAD_TO_GROW = 1.0
@@ -81,10 +81,6 @@ _OPTIONAL_MODULES = ("torchaudio", "torchaudio.compliance", "torchaudio.complian
 
 class _Abandoned(Exception):
     """Raised inside generation when nobody wants the audio any more."""
-
-
-class _Overflow(Exception):
-    """Raised inside generation when the talker's logits are not finite."""
 
 
 class _Missing(types.ModuleType):
@@ -204,13 +200,18 @@ def _talker_shape(path: Path) -> tuple[int, int]:
     return kv, int(talker.get("text_hidden_size", 2048))
 
 
-def planned_positions(path: Path, settings: Settings) -> int:
-    """Talker positions one chunk may use: its prompt plus its frame cap. The static KV
-    cache (and its CUDA graphs) is sized for this; a longer prompt runs eagerly."""
+def _planned_frames(settings: Settings) -> tuple[int, int]:
+    """The longest chunk planned for, in characters, and its frame cap."""
     # Chunking off has no bound but the text limit; plan for a 1,000-character answer (a
     # longer one that runs out of memory is retried in halves).
     chars = settings.tts_chunk_size or min(UNCHUNKED_PLAN_CHARS, settings.max_text_chars)
-    frames = frame_cap("x" * chars, settings.qwen_tts_max_new_tokens)
+    return chars, frame_cap("x" * chars, settings.qwen_tts_max_new_tokens)
+
+
+def planned_positions(settings: Settings) -> int:
+    """Talker positions one chunk may use: its prompt plus its frame cap. The static KV
+    cache (and its CUDA graphs) is sized for this; a longer prompt runs eagerly."""
+    chars, frames = _planned_frames(settings)
     return _PROMPT_FIXED + _PROMPT_PER_CHAR * chars + frames
 
 
@@ -220,15 +221,14 @@ def decoded_frames(settings: Settings) -> int:
     in upstream's 300-frame pieces."""
     window = settings.qwen_tts_stream_window
     if window == 0:
-        chars = settings.tts_chunk_size or min(UNCHUNKED_PLAN_CHARS, settings.max_text_chars)
-        return min(frame_cap("x" * chars, settings.qwen_tts_max_new_tokens), _DECODE_MAX_FRAMES)
+        return min(_planned_frames(settings)[1], _DECODE_MAX_FRAMES)
     return window * WINDOW_GROWTH
 
 
 def working_bytes(path: Path, element: int, settings: Settings) -> int:
     """One chunk: the talker's KV cache over prompt and frame cap, and one codec decode."""
     kv_per_position, _ = _talker_shape(path)
-    positions = planned_positions(path, settings)
+    positions = planned_positions(settings)
     return (
         _WORKING_FIXED
         + positions * kv_per_position * element
@@ -367,7 +367,6 @@ class Qwen3TtsEngine(TtsEngine):
         )
         codec = self._model.model.speech_tokenizer
         self._codec = codec.model
-        self._upsample = int(self._codec.get_decode_upsample_rate())
         self._rate = int(self._codec.get_output_sample_rate())
         talker_config = self._model.model.config.talker_config
         self._eos = int(talker_config.codec_eos_token_id)
@@ -376,7 +375,7 @@ class Qwen3TtsEngine(TtsEngine):
         self._window = settings.qwen_tts_stream_window
         self._max_new_tokens = settings.qwen_tts_max_new_tokens
         self._groups = int(talker_config.num_code_groups)
-        self._lean = self._lean_loop(settings, resolved.path, device)
+        self._lean = self._lean_loop(settings)
         self._voices = self._build_voices()
         by_lower = {voice.name.lower(): voice.name for voice in self._voices}
         wanted = settings.tts_default_voice
@@ -423,7 +422,7 @@ class Qwen3TtsEngine(TtsEngine):
             self.cpu_bytes / 2**20,
         )
 
-    def _lean_loop(self, settings: Settings, path: Path, device: str) -> LeanTalker | None:
+    def _lean_loop(self, settings: Settings) -> LeanTalker | None:
         """Our decode loop, unless upstream's is configured or the model needs a feature
         the loop lacks; with CUDA graphs sized for the planned chunk where enabled."""
         if settings.qwen_tts_loop == "upstream":
@@ -434,7 +433,7 @@ class Qwen3TtsEngine(TtsEngine):
             _LOGGER.warning("Qwen3-TTS runs upstream's generate(): %s", reason)
             return None
         _capture_prompts(inner.talker)
-        capacity = planned_positions(path, settings) if settings.qwen_tts_cuda_graphs else 0
+        capacity = planned_positions(settings) if settings.qwen_tts_cuda_graphs else 0
         return LeanTalker(inner, graph_capacity=capacity)
 
     def _build_voices(self) -> list[Voice]:
@@ -549,7 +548,7 @@ class Qwen3TtsEngine(TtsEngine):
                 for frame in source:
                     count += 1
                     yield frame
-        except (_Overflow, Overflow):
+        except Overflow:
             raise EngineError(
                 "Qwen3-TTS overflowed (inf/NaN) in its current precision on this text; "
                 "TTS_DTYPE=float32 avoids it at twice the memory",
@@ -595,7 +594,7 @@ class Qwen3TtsEngine(TtsEngine):
         def watch(_module: Any, _args: Any, output: Any) -> None:
             logits = getattr(output, "logits", None)
             if logits is not None and not bool(logits[:, -1].isfinite().all()):
-                raise _Overflow
+                raise Overflow
             if stop.is_set():  # the listener left
                 raise _Abandoned
             frame = output.hidden_states[1]
