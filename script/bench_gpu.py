@@ -67,7 +67,7 @@ async def serve_and_load(
 
     from tests.conftest import free_port
     from tests.speech import corpus
-    from wyoming_opentalker.__main__ import load_service, serve_service
+    from wyoming_opentalker.__main__ import serve_asr, serve_tts, start_asr, start_tts
     from wyoming_opentalker.client import synthesize, transcribe
     from wyoming_opentalker.settings import Settings
 
@@ -97,16 +97,15 @@ async def serve_and_load(
         return torch.cuda.memory_allocated() / GIB if cuda else 0.0
 
     row: dict[str, Any] = {}
-    services = {}
     try:
-        services["asr"] = await load_service("asr", settings, args.device)
+        asr = await start_asr(settings, args.device)
         row["after_asr_gib"] = allocated()
-        services["tts"] = await load_service("tts", settings, args.device)
+        tts = await start_tts(settings, args.device)
         row["after_both_gib"] = allocated()
     except torch.OutOfMemoryError as err:
         row["load_error"] = f"out of memory while loading: {str(err).splitlines()[0]}"
         return row
-    engine = services["tts"].engine
+    engine = tts.engine
     original = engine.synthesize
 
     def synthesize_like_real_speech(request: Any) -> Any:
@@ -114,7 +113,7 @@ async def serve_and_load(
         return original(request)
 
     engine.synthesize = synthesize_like_real_speech  # type: ignore[method-assign]
-    listeners = [await serve_service(service, settings) for service in services.values()]
+    listeners = [await serve_asr(asr), await serve_tts(tts)]
 
     clips = [c for c in corpus() if c.set == "librivox"][:4]
     texts = [(SENTENCE * 7)[:200], (SENTENCE * 34)[:1000]]
@@ -169,14 +168,15 @@ def whisper_child(args: argparse.Namespace) -> None:
     import shutil
 
     from tests.speech import corpus
-    from wyoming_opentalker.asr.faster_whisper import FasterWhisperEngine
+    from wyoming_opentalker.asr.faster_whisper import FasterWhisperEngine, plan
     from wyoming_opentalker.audio import PcmFormat, PcmToFloat
+    from wyoming_opentalker.device import resolve_device
     from wyoming_opentalker.engine import AsrRequest
     from wyoming_opentalker.settings import Settings
 
     model, compute_type = args.whisper_child.split("|")
     settings = Settings(asr_model=model or None, asr_compute_type=compute_type)
-    engine = FasterWhisperEngine(settings, args.device)
+    engine = FasterWhisperEngine(plan(settings, resolve_device(args.device)))
     clips = [c for c in corpus() if c.set == "librivox"]
     spent = seconds = 0.0
     for clip in clips:

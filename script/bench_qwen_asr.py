@@ -47,9 +47,10 @@ def speech() -> list[np.ndarray]:
 def run(model: Path, dtype: str, device: str, rounds: int) -> dict[str, float | str]:
     import torch
 
-    from wyoming_opentalker.asr.qwen3_asr import Qwen3AsrEngine
+    from wyoming_opentalker.asr.qwen3_asr import Qwen3AsrEngine, plan
+    from wyoming_opentalker.device import resolve_device
 
-    cuda = device.startswith("cuda")
+    cuda = resolve_device(device).is_cuda
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -69,7 +70,7 @@ def run(model: Path, dtype: str, device: str, rounds: int) -> dict[str, float | 
         ],
         {},
     )
-    engine = Qwen3AsrEngine(settings, device)
+    engine = Qwen3AsrEngine(plan(settings, resolve_device(device)))
     loaded = torch.cuda.memory_allocated() if cuda else engine.info.weights_bytes
     clips = speech()
     audio_seconds = sum(c.size for c in clips) / 16000

@@ -54,9 +54,10 @@ def speak(engine: Any, text: str, cap: int) -> tuple[float, float, float]:
 def run(model: Path, dtype: str, device: str, cap: int) -> dict[str, Any]:
     import torch
 
-    from wyoming_opentalker.tts.qwen3_tts import Qwen3TtsEngine
+    from wyoming_opentalker.device import resolve_device
+    from wyoming_opentalker.tts.qwen3_tts import Qwen3TtsEngine, plan
 
-    cuda = device.startswith("cuda")
+    cuda = resolve_device(device).is_cuda
 
     def reset() -> None:
         if cuda:
@@ -69,7 +70,7 @@ def run(model: Path, dtype: str, device: str, cap: int) -> dict[str, Any]:
 
     reset()
     settings = load_settings(["tts", "--tts-model", str(model), "--tts-dtype", dtype], {})
-    engine = Qwen3TtsEngine(settings, device)
+    engine = Qwen3TtsEngine(plan(settings, resolve_device(device)))
     row: dict[str, Any] = {
         "dtype": engine.info.precision,
         "weights_gib": engine.info.weights_bytes / GIB,

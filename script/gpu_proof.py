@@ -1249,13 +1249,13 @@ async def serve_configuration(path: Path) -> None:
         import transformers
 
         row["versions"]["transformers"] = transformers.__version__
-        row["engines"] = {kind: s.engine.info.summary() for kind, s in running.services.items()}
+        row["engines"] = {s.kind: s.engine.info.summary() for s in running.services}
         row["memory"].setdefault("after_tts", meter.snapshot())
         stages: list[tuple[str, Callable[[], Any]]] = [
             ("traffic", lambda: traffic(ports, clips, row, save)),
             ("upload", lambda: upload(ports, clips, row)),
             ("compare", lambda: asyncio.to_thread(
-                ours_vs_stock, running.services["tts"].engine,
+                ours_vs_stock, running.tts.engine,
                 int(settings.qwen_tts_max_new_tokens or 320), row["deadline"])),
         ]  # fmt: skip
         for name, work in stages:

@@ -134,7 +134,7 @@ def main() -> None:
 
     import wyoming_opentalker.asr.qwen3_asr as qasr
     import wyoming_opentalker.tts.qwen3_tts as qtts
-    from wyoming_opentalker.device import Precision, PrecisionChoice, weight_bytes
+    from wyoming_opentalker.device import CPU, Precision, PrecisionChoice, weight_bytes
     from wyoming_opentalker.engine import AsrRequest, TtsRequest
     from wyoming_opentalker.settings import load_settings
 
@@ -158,12 +158,11 @@ def main() -> None:
         ],
         {},
     )
-    device = "cpu" if element == 4 else "cuda"
     rows: list[dict[str, Any]] = []
     print(f"{'what':<52} {'GiB':>8} {'planned':>8} {'ratio':>7}")
     if args.only in (None, "asr"):
-        need = qasr.memory_need(settings, device, None)
-        engine = qasr.Qwen3AsrEngine(settings, "cpu")
+        load = qasr.plan(settings, CPU)  # the forced precision, as a GPU would get
+        need, engine = load.need, qasr.Qwen3AsrEngine(load)
         label = f"ASR resident weights ({args.dtype})"
         rows.append(row(label, weight_bytes(engine._model.model), need.weights))
         shape = qasr.text_shape(asr_path)
@@ -184,8 +183,8 @@ def main() -> None:
             rows[-1]["seconds"] = time.monotonic() - started
         del engine
     if args.only in (None, "tts"):
-        need = qtts.memory_need(settings, device, None)
-        engine = qtts.Qwen3TtsEngine(settings, "cpu")
+        load = qtts.plan(settings, CPU)
+        need, engine = load.need, qtts.Qwen3TtsEngine(load)
         embedding = engine._model.model.talker.model.text_embedding.weight
         resident = weight_bytes(engine._model.model, engine._codec)
         rows.append(row(f"TTS resident weights, device ({args.dtype})", resident, need.weights))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 
 from wyoming_opentalker.device import (
+    CPU,
+    Device,
     GpuInfo,
     Precision,
     choose_ct2_compute_type,
@@ -48,13 +50,13 @@ def test_precision(
     fallback: Precision | None,
     expected: Precision,
 ) -> None:
-    choice = choose_precision(wanted, device, gpu, fallback=fallback)
+    choice = choose_precision(wanted, Device.parse(device, gpu), fallback=fallback)
     assert choice.precision is expected
     assert choice.reason
 
 
 def test_pascal_reason_names_the_missing_bf16() -> None:
-    reason = choose_precision(Precision.BF16, "cuda", PASCAL).reason
+    reason = choose_precision(Precision.BF16, Device("cuda", 0, PASCAL)).reason
     assert "sm_61" in reason and "bfloat16" in reason
 
 
@@ -71,12 +73,12 @@ def test_pascal_reason_names_the_missing_bf16() -> None:
     ],
 )
 def test_ct2_compute_type(requested: str, device: str, gpu: GpuInfo | None, expected: str) -> None:
-    assert choose_ct2_compute_type(requested, device, gpu) == expected
+    assert choose_ct2_compute_type(requested, Device.parse(device, gpu)) == expected
 
 
 def test_unknown_compute_type() -> None:
     with pytest.raises(ValueError, match="unknown compute type"):
-        choose_ct2_compute_type("fp8", "cpu", None)
+        choose_ct2_compute_type("fp8", CPU)
 
 
 def test_batch_size_by_memory_and_cpu_device() -> None:
@@ -84,8 +86,8 @@ def test_batch_size_by_memory_and_cpu_device() -> None:
     assert default_asr_batch_size(TURING) == 8
     assert default_asr_batch_size(AMPERE) == 16
     assert default_asr_batch_size(None) == 4
-    assert resolve_device("cpu") == "cpu"
-    assert resolve_device("auto") == "cpu"  # no GPU on the test machines
+    assert resolve_device("cpu") == CPU
+    assert resolve_device("auto") == CPU  # no GPU on the test machines
 
 
 def test_cuda_without_a_gpu_is_one_clear_line() -> None:

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from wyoming_opentalker.asr.service import asr_memory_need, load_asr_engine
-from wyoming_opentalker.device import GpuInfo
+from wyoming_opentalker.asr.service import asr_plan, load_asr_engine
+from wyoming_opentalker.device import CPU, Device, GpuInfo
 from wyoming_opentalker.memory import (
     GIB,
     HEADROOM_BYTES,
@@ -26,7 +26,7 @@ from wyoming_opentalker.memory import (
 )
 from wyoming_opentalker.plan import GPUS, fixes, memory_plan, resolve_plan
 from wyoming_opentalker.settings import Settings
-from wyoming_opentalker.tts.service import load_tts_engine, tts_memory_need
+from wyoming_opentalker.tts.service import load_tts_engine, tts_plan
 
 GTX_1050_TI, GTX_1650 = GPUS["gtx-1050-ti"], GPUS["gtx-1650"]
 RTX_2060, RTX_3090 = GPUS["rtx-2060"], GPUS["rtx-3090"]
@@ -53,8 +53,12 @@ def _qwen(asr: Path, tts: Path, **changes: Any) -> Settings:
     )
 
 
+def _on(gpu: GpuInfo) -> Device:
+    return Device("cuda", 0, gpu)
+
+
 def _plan(settings: Settings, gpu: GpuInfo) -> MemoryPlan:
-    return memory_plan(settings, "cuda", gpu)
+    return memory_plan(settings, _on(gpu))
 
 
 def test_header_only_checkpoints_have_the_released_sizes(full_size: tuple[Path, Path]) -> None:
@@ -76,10 +80,10 @@ def test_header_only_checkpoints_have_the_released_sizes(full_size: tuple[Path, 
 def test_resident_weights_count_what_stays_on_the_gpu(full_size: tuple[Path, Path]) -> None:
     asr, tts = full_size
     settings = _qwen(asr, tts, qwen_asr_quant="none", qwen_tts_quant="none")
-    asr_need = asr_memory_need(settings, "cuda", RTX_3090)
+    asr_need = asr_plan(settings, _on(RTX_3090)).need
     assert asr_need.precision == "float16"
     assert abs(asr_need.weights / GIB - 1.457) < 0.005  # tied head counted once
-    tts_need = tts_memory_need(settings, "cuda", RTX_3090)
+    tts_need = tts_plan(settings, _on(RTX_3090)).need
     assert tts_need.precision == "bfloat16"
     # talker 1.107 GiB in 16-bit + FP32 codec decoder 0.426; no encoder, no embedding
     assert abs(tts_need.weights / GIB - (1.107 + 0.426)) < 0.005
@@ -92,10 +96,10 @@ def test_weight_estimates_match_what_the_engines_hold(tmp_path: Path) -> None:
     from tests.qwen_models import build_qwen3_asr, build_qwen3_tts
 
     settings = _qwen(build_qwen3_asr(tmp_path / "asr"), build_qwen3_tts(tmp_path / "tts"))
-    asr_need = asr_memory_need(settings, "cpu", None)
-    tts_need = tts_memory_need(settings, "cpu", None)
-    asr_engine = load_asr_engine(settings, "cpu")
-    tts_engine = load_tts_engine(settings, "cpu")
+    asr_load, tts_load = asr_plan(settings, CPU), tts_plan(settings, CPU)
+    asr_need, tts_need = asr_load.need, tts_load.need
+    asr_engine = load_asr_engine(asr_load)  # built from the plan the estimate came from
+    tts_engine = load_tts_engine(tts_load)
     for need, loaded in (
         (asr_need, asr_engine.info.weights_bytes),
         (tts_need, tts_engine.info.weights_bytes),
@@ -104,11 +108,10 @@ def test_weight_estimates_match_what_the_engines_hold(tmp_path: Path) -> None:
     assert tts_need.cpu == tts_engine.cpu_bytes  # type: ignore[attr-defined]
 
     defaults = Settings()
-    whisper = asr_memory_need(defaults, "cpu", None)
-    piper = tts_memory_need(defaults, "cpu", None)
-    whisper_file = load_asr_engine(defaults, "cpu").info.weights_bytes
-    assert 0.4 * whisper_file <= whisper.weights <= whisper_file  # int8 from a float16 file
-    assert piper.weights == load_tts_engine(defaults, "cpu").info.weights_bytes
+    whisper, piper = asr_plan(defaults, CPU), tts_plan(defaults, CPU)
+    whisper_file = load_asr_engine(whisper).info.weights_bytes
+    assert 0.4 * whisper_file <= whisper.need.weights <= whisper_file  # int8 from float16
+    assert piper.need.weights == load_tts_engine(piper).info.weights_bytes
 
 
 # What the product picks by default on each card (both Qwen models, one card). The
@@ -126,8 +129,9 @@ def test_plan_a_starts_by_default_on_every_profile(
     full_size: tuple[Path, Path], gpu: str, precisions: tuple[str, str]
 ) -> None:
     asr, tts = full_size
-    chosen, plan = resolve_plan(_qwen(asr, tts), "cuda", GPUS[gpu])
-    assert plan.fits and plan.headroom >= HEADROOM_BYTES, plan.summary()
+    plans = resolve_plan(_qwen(asr, tts), _on(GPUS[gpu]))
+    chosen, plan = plans.settings, plans.memory
+    assert plan is not None and plan.fits and plan.headroom >= HEADROOM_BYTES, plan.summary()
     assert tuple(need.precision for need in plan.needs) == precisions
     # the plan describes the settings the engines will be built with
     assert plan == _plan(chosen, GPUS[gpu])
@@ -200,7 +204,7 @@ def test_every_fix_offered_really_fits(full_size: tuple[Path, Path]) -> None:
     )
     plan = _plan(settings, GTX_1650)
     assert not plan.fits
-    offered = fixes(settings, "cuda", GTX_1650)
+    offered = fixes(settings, _on(GTX_1650))
     assert offered, "a 4 GB card can hold plan A with some change"
     # nothing offered that is already in force
     assert not any("QWEN_ASR_MAX_BATCH_SIZE=4" in fix for fix in offered)
@@ -213,28 +217,31 @@ def test_every_fix_offered_really_fits(full_size: tuple[Path, Path]) -> None:
 
 def test_one_service_per_card_and_big_cards(full_size: tuple[Path, Path]) -> None:
     asr, tts = full_size
-    _, alone = resolve_plan(_qwen(asr, tts, services=("asr",)), "cuda", GTX_1050_TI)
-    assert alone.fits and alone.needs[0].quantization == "none"  # plan B: no compromise
+    alone = resolve_plan(_qwen(asr, tts, services=("asr",)), _on(GTX_1050_TI)).memory
+    assert (
+        alone is not None and alone.fits and alone.needs[0].quantization == "none"
+    )  # plan B: no compromise
     big = _qwen(asr, tts, asr_dtype="float32", qwen_asr_max_batch_size=16, tts_chunk_size=0)
-    chosen, plan = resolve_plan(big, "cuda", RTX_3090)  # the 24 GB profile
-    assert plan.fits and plan.needs[0].precision == "float32"
+    plans = resolve_plan(big, _on(RTX_3090))  # the 24 GB profile
+    chosen, plan = plans.settings, plans.memory
+    assert plan is not None and plan.fits and plan.needs[0].precision == "float32"
     assert chosen.qwen_asr_quant == "none" and chosen.qwen_tts_quant == "none"
 
 
 def test_working_memory_follows_the_limits(full_size: tuple[Path, Path]) -> None:
     asr, tts = full_size
-    on = tts_memory_need(_qwen(asr, tts), "cuda", RTX_2060)
-    whole = tts_memory_need(_qwen(asr, tts, qwen_tts_stream_window=0), "cuda", RTX_2060)
-    off = tts_memory_need(_qwen(asr, tts, tts_chunk_size=0), "cuda", RTX_2060)
+    on = tts_plan(_qwen(asr, tts), _on(RTX_2060)).need
+    whole = tts_plan(_qwen(asr, tts, qwen_tts_stream_window=0), _on(RTX_2060)).need
+    off = tts_plan(_qwen(asr, tts, tts_chunk_size=0), _on(RTX_2060)).need
     assert off.weights == on.weights and off.working > on.working
     assert whole.working - on.working > 0.7 * GIB  # a whole-chunk codec decode
-    small = asr_memory_need(_qwen(asr, tts, qwen_asr_max_batch_size=1), "cuda", RTX_2060)
-    large = asr_memory_need(_qwen(asr, tts, qwen_asr_max_batch_size=8), "cuda", RTX_2060)
+    small = asr_plan(_qwen(asr, tts, qwen_asr_max_batch_size=1), _on(RTX_2060)).need
+    large = asr_plan(_qwen(asr, tts, qwen_asr_max_batch_size=8), _on(RTX_2060)).need
     assert large.working > small.working
     # the upload limit does not change ASR's working memory: long audio goes in pieces
-    longer = asr_memory_need(
-        _qwen(asr, tts, qwen_asr_max_batch_size=1, max_audio_seconds=3000), "cuda", RTX_2060
-    )
+    longer = asr_plan(
+        _qwen(asr, tts, qwen_asr_max_batch_size=1, max_audio_seconds=3000), _on(RTX_2060)
+    ).need
     assert longer.working == small.working
 
 

@@ -18,6 +18,7 @@ from wyoming.error import Error
 from wyoming.tts import SynthesizeVoice
 
 from wyoming_opentalker.client import synthesize, transcribe
+from wyoming_opentalker.device import CPU
 from wyoming_opentalker.engine import AsrRequest, EngineError, TtsRequest
 from wyoming_opentalker.settings import load_settings
 
@@ -68,16 +69,16 @@ def _settings(asr: Path, tts: Path, *extra: str) -> Any:
 
 @pytest.fixture(scope="module")
 def tts_engine(asr_model: Path, tts_model: Path) -> Any:
-    from wyoming_opentalker.tts.qwen3_tts import Qwen3TtsEngine
+    from wyoming_opentalker.tts.qwen3_tts import Qwen3TtsEngine, plan
 
-    return Qwen3TtsEngine(_settings(asr_model, tts_model), "cpu")
+    return Qwen3TtsEngine(plan(_settings(asr_model, tts_model), CPU))
 
 
 @pytest.fixture(scope="module")
 def asr_engine(asr_model: Path, tts_model: Path) -> Any:
-    from wyoming_opentalker.asr.qwen3_asr import Qwen3AsrEngine
+    from wyoming_opentalker.asr.qwen3_asr import Qwen3AsrEngine, plan
 
-    return Qwen3AsrEngine(_settings(asr_model, tts_model), "cpu")
+    return Qwen3AsrEngine(plan(_settings(asr_model, tts_model), CPU))
 
 
 def test_text_embedding_lives_in_cpu_memory_and_generation_works(tts_engine: Any) -> None:
@@ -225,7 +226,7 @@ async def running(asr_model: Path, tts_model: Path) -> AsyncIterator[Any]:
 
 
 def _port(running: Any, kind: str) -> int:
-    index = list(running.services).index(kind)
+    index = [service.kind for service in running.services].index(kind)
     port: int = running.listeners[index].port
     return port
 
@@ -235,8 +236,8 @@ async def test_out_of_memory_on_both_engines_and_the_server_keeps_serving(
 ) -> None:
     import torch
 
-    asr = running.services["asr"].engine
-    tts = running.services["tts"].engine
+    asr = running.asr.engine
+    tts = running.tts.engine
     monkeypatch.setattr("wyoming_opentalker.asr.qwen3_asr.OOM_RETRY_WAIT", 0.0)
     monkeypatch.setattr("wyoming_opentalker.tts.qwen3_tts.OOM_RETRY_WAIT", 0.0)
 
@@ -262,7 +263,7 @@ async def test_a_batch_out_of_memory_is_retried_in_halves(
 ) -> None:
     import torch
 
-    asr = running.services["asr"].engine
+    asr = running.asr.engine
     real = asr._model.transcribe
     sizes: list[int] = []
 
@@ -292,7 +293,7 @@ async def test_each_quantised_mode_loads_and_answers(
     )
     running = await start_services(settings)
     try:
-        asr, tts = running.services["asr"].engine, running.services["tts"].engine
+        asr, tts = running.asr.engine, running.tts.engine
         assert asr.quantization == mode and tts.quantization == mode
         assert f"{mode} linears" in asr.info.precision and f"{mode} linears" in tts.info.precision
         heard = await transcribe(_port(running, "asr"), GOFORWARD, language="en")

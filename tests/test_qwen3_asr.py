@@ -12,7 +12,7 @@ from wyoming.error import Error
 
 from wyoming_opentalker.asr.qwen3_asr import asr_precision
 from wyoming_opentalker.client import Connection, audio_events, describe, transcribe
-from wyoming_opentalker.device import GpuInfo, Precision
+from wyoming_opentalker.device import Device, GpuInfo, Precision
 from wyoming_opentalker.languages import CODES, NAMES, language_code, language_name
 from wyoming_opentalker.settings import load_settings
 
@@ -159,4 +159,4 @@ def test_asr_dtype_per_device(
     env: dict[str, str], device: str, gpu: GpuInfo | None, expected: Precision
 ) -> None:
     settings = load_settings([], env)
-    assert asr_precision(settings, device, gpu).precision is expected
+    assert asr_precision(settings, Device.parse(device, gpu)).precision is expected

@@ -14,7 +14,7 @@ from wyoming.tts import SynthesizeVoice
 
 from wyoming_opentalker.chunking import chunk_text
 from wyoming_opentalker.client import describe, synthesize, synthesize_streaming
-from wyoming_opentalker.device import GpuInfo, Precision
+from wyoming_opentalker.device import CPU, Device, GpuInfo, Precision
 from wyoming_opentalker.engine import EngineError, TtsRequest
 from wyoming_opentalker.settings import load_settings
 
@@ -59,10 +59,10 @@ def tts_server(tts_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 @pytest.fixture(scope="module")
 def engine(tts_model: Path) -> Any:
-    from wyoming_opentalker.tts.qwen3_tts import Qwen3TtsEngine
+    from wyoming_opentalker.tts.qwen3_tts import Qwen3TtsEngine, plan
 
     settings = load_settings(["tts", "--tts-model", str(tts_model)], {})
-    return Qwen3TtsEngine(settings, "cpu")
+    return Qwen3TtsEngine(plan(settings, CPU))
 
 
 def _one_response(types: list[str], closing: str = "audio-stop") -> None:
@@ -186,10 +186,10 @@ def test_lean_loop_gives_upstreams_frames(
     the frames upstream's generate_custom_voice does, and so the same audio."""
     import torch
 
-    from wyoming_opentalker.tts.qwen3_tts import Qwen3TtsEngine
+    from wyoming_opentalker.tts.qwen3_tts import Qwen3TtsEngine, plan
 
     settings = load_settings(["tts", "--tts-model", str(greedy_model)], {})
-    ours = Qwen3TtsEngine(settings, "cpu")
+    ours = Qwen3TtsEngine(plan(settings, CPU))
     assert ours._lean is not None
     codes = ours.generate_codes(text, speaker, language)
     wavs, rate = ours._model.generate_custom_voice(
@@ -269,7 +269,7 @@ def test_graphed_loop_wiring_gives_the_eager_frames(greedy_model: Path, monkeypa
     a replay computes; that the real capture succeeds needs a GPU (script/gpu-proof)."""
     import torch
 
-    from wyoming_opentalker.tts import qwen3_loop
+    from wyoming_opentalker.tts import qwen3_loop, qwen3_tts
     from wyoming_opentalker.tts.qwen3_tts import Qwen3TtsEngine
 
     def rerun(fn: Any) -> tuple[Any, Any]:
@@ -287,7 +287,8 @@ def test_graphed_loop_wiring_gives_the_eager_frames(greedy_model: Path, monkeypa
         return replay, out
 
     monkeypatch.setattr(qwen3_loop, "capture", rerun)
-    engine = Qwen3TtsEngine(load_settings(["tts", "--tts-model", str(greedy_model)], {}), "cpu")
+    settings = load_settings(["tts", "--tts-model", str(greedy_model)], {})
+    engine = Qwen3TtsEngine(qwen3_tts.plan(settings, CPU))
     eager = [engine.generate_codes(text, "ryan", "english") for text in ("Good night.", "Hi")]
     engine._lean.use_graphs(256)
     assert engine._lean.graphed
@@ -375,7 +376,7 @@ def test_out_of_memory_retries_smaller_then_reports(engine: Any, monkeypatch: An
 def test_tts_precision_per_device(gpu: GpuInfo | None, device: str, expected: Precision) -> None:
     from wyoming_opentalker.tts.qwen3_tts import tts_precision
 
-    assert tts_precision(device, gpu).precision is expected
+    assert tts_precision(Device.parse(device, gpu)).precision is expected
 
 
 def test_time_budget_sanity(engine: Any) -> None:

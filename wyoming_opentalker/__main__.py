@@ -14,18 +14,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .asr.service import AsrService, load_asr_engine
-from .device import resolve_device
+from .asr.service import AsrService, asr_plan, load_asr_engine
+from .device import Device, resolve_device
 from .discovery import Endpoint, ZeroconfAdvertiser, announce_to_supervisor
 from .engine import EngineError
 from .memory import InsufficientGpuMemory, check_plan
 from .models import ModelError
 from .server import HandlerFactory, Listener, listen
 from .settings import Settings, SettingsError, describe_settings, load_settings
-from .tts.service import TtsService, load_tts_engine
+from .tts.service import TtsService, load_tts_engine, tts_plan
 
 if TYPE_CHECKING:
+    from .engine import LoadPlan
     from .openai_api import OpenAiApi
+    from .plan import Plans
 
 _LOGGER = logging.getLogger("wyoming_opentalker")
 
@@ -38,7 +40,8 @@ class StartupError(RuntimeError):
 class Running:
     """What one process serves: each service once, and every way to reach it."""
 
-    services: dict[str, AsrService | TtsService]
+    asr: AsrService | None = None
+    tts: TtsService | None = None
     listeners: list[Listener] = field(default_factory=list)
     http: OpenAiApi | None = None
     zeroconf: ZeroconfAdvertiser | None = None
@@ -53,32 +56,38 @@ class Running:
         if self.http is not None:
             closing.append(self.http.close())
         await asyncio.gather(*closing)
-        for service in self.services.values():  # nobody can reach them any more
+        for service in self.services:  # nobody can reach them any more
             await service.close()
+
+    @property
+    def services(self) -> list[AsrService | TtsService]:
+        return [service for service in (self.asr, self.tts) if service is not None]
 
 
 async def start_services(settings: Settings) -> Running:
     """Load the configured engines (off the event loop) and start listening."""
     device = await asyncio.to_thread(resolve_device, settings.device)  # may run nvidia-smi
-    settings = await asyncio.to_thread(plan_settings, settings, device)
-    running = Running({})
+    plans = await asyncio.to_thread(plan_services, settings, device)
+    settings = plans.settings
+    running = Running()
     try:
-        for kind in settings.services:
-            running.services[kind] = await load_service(kind, settings, device)
-        for service in running.services.values():
-            running.listeners.append(await serve_service(service, settings))
+        if plans.asr is not None:
+            running.asr = await load_asr(plans.asr)
+        if plans.tts is not None:
+            running.tts = await load_tts(plans.tts)
+        if running.asr is not None:  # listen only once every engine has loaded
+            running.listeners.append(await serve_asr(running.asr))
+        if running.tts is not None:
+            running.listeners.append(await serve_tts(running.tts))
+        endpoints = [
+            Endpoint(service.kind, listener.uri, listener.port)
+            for service, listener in zip(running.services, running.listeners, strict=True)
+        ]
         if settings.http_enabled:
             from .openai_api import OpenAiApi
 
-            asr, tts = running.services.get("asr"), running.services.get("tts")
-            assert asr is None or isinstance(asr, AsrService)
-            assert tts is None or isinstance(tts, TtsService)
-            running.http = OpenAiApi(settings, asr, tts, device)
+            running.http = OpenAiApi(settings, running.asr, running.tts, device)
             await running.http.start()
-        endpoints = [
-            Endpoint(kind, listener.uri, listener.port)
-            for kind, listener in zip(running.services, running.listeners, strict=True)
-        ]
         if settings.zeroconf:
             running.zeroconf = ZeroconfAdvertiser(settings)
             await running.zeroconf.start(endpoints)
@@ -91,47 +100,66 @@ async def start_services(settings: Settings) -> Running:
     return running
 
 
-def plan_settings(settings: Settings, device: str) -> Settings:
-    """Make ``auto`` choices concrete for this device and, on a GPU, stop now if the
-    configured models cannot fit it."""
-    from .plan import cpu_settings, start_plan
+def plan_services(settings: Settings, device: Device) -> Plans:
+    """Decide, once, how each configured service is loaded on this device: ``auto``
+    choices made concrete and, on a GPU, stop now if the models cannot fit it."""
+    from .plan import start_plan
 
-    if not device.startswith("cuda"):
-        return cpu_settings(settings)
-    settings, plan = start_plan(settings, device)
-    if plan is not None:
-        _LOGGER.info("%s", plan.summary())
-        if settings.memory_check:
-            check_plan(plan)
-    return settings
+    plans = start_plan(settings, device)
+    if plans.memory is not None:
+        _LOGGER.info("%s", plans.memory.summary())
+        if plans.settings.memory_check:
+            check_plan(plans.memory)
+    return plans
 
 
-async def load_service(kind: str, settings: Settings, device: str) -> AsrService | TtsService:
-    """Load one service's engine on a worker thread (``kind``: asr or tts)."""
+async def load_asr(plan: LoadPlan) -> AsrService:
+    """Load the planned ASR engine on a worker thread, so the event loop keeps running."""
     started = time.monotonic()
-    service: AsrService | TtsService
-    if kind == "asr":
-        service = AsrService(await asyncio.to_thread(load_asr_engine, settings, device), settings)
-    else:
-        service = TtsService(await asyncio.to_thread(load_tts_engine, settings, device), settings)
-    info = service.engine.info
-    _LOGGER.info("%s ready in %.1f s: %s", kind.upper(), time.monotonic() - started, info.summary())
+    service = AsrService(await asyncio.to_thread(load_asr_engine, plan), plan.settings)
+    _ready(service, started)
     return service
 
 
-async def serve_service(service: AsrService | TtsService, settings: Settings) -> Listener:
-    """Listen for Wyoming clients of one loaded service at its configured URI."""
+async def load_tts(plan: LoadPlan) -> TtsService:
+    """Load the planned TTS engine on a worker thread, so the event loop keeps running."""
+    started = time.monotonic()
+    service = TtsService(await asyncio.to_thread(load_tts_engine, plan), plan.settings)
+    _ready(service, started)
+    return service
+
+
+def _ready(service: AsrService | TtsService, started: float) -> None:
+    took = time.monotonic() - started
+    _LOGGER.info(
+        "%s ready in %.1f s: %s", service.kind.upper(), took, service.engine.info.summary()
+    )
+
+
+async def start_asr(settings: Settings, device: Device | str) -> AsrService:
+    """One ASR service from settings, as start-up would load it (for scripts)."""
+    return await load_asr(asr_plan(settings, Device.of(device)))
+
+
+async def start_tts(settings: Settings, device: Device | str) -> TtsService:
+    """One TTS service from settings, as start-up would load it (for scripts)."""
+    return await load_tts(tts_plan(settings, Device.of(device)))
+
+
+async def serve_asr(service: AsrService) -> Listener:
+    """Listen for Wyoming ASR clients at the configured URI."""
     from .asr.handler import AsrHandler
+
+    handlers: HandlerFactory = functools.partial(AsrHandler, service=service)
+    return await listen(service.settings.asr_uri, handlers, service.settings)
+
+
+async def serve_tts(service: TtsService) -> Listener:
+    """Listen for Wyoming TTS clients at the configured URI."""
     from .tts.handler import TtsHandler
 
-    handlers: HandlerFactory
-    if isinstance(service, AsrService):
-        handlers = functools.partial(AsrHandler, service=service)
-        uri = settings.asr_uri
-    else:
-        handlers = functools.partial(TtsHandler, service=service)
-        uri = settings.tts_uri
-    return await listen(uri, handlers, settings)
+    handlers: HandlerFactory = functools.partial(TtsHandler, service=service)
+    return await listen(service.settings.tts_uri, handlers, service.settings)
 
 
 async def serve(settings: Settings) -> None:

@@ -19,7 +19,7 @@ import subprocess
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -46,6 +46,47 @@ class GpuInfo:
 
 
 @dataclass(frozen=True)
+class Device:
+    """Where the engines run, resolved once at start-up (``resolve_device``): the CPU, or
+    one CUDA GPU together with what it can do. Engines, the planner and quantisation ask
+    this value instead of re-parsing the ``DEVICE`` string each time."""
+
+    type: Literal["cpu", "cuda"] = "cpu"
+    index: int = 0
+    gpu: GpuInfo | None = None  # None on the CPU, or when the GPU could not be described
+
+    @classmethod
+    def parse(cls, name: str, gpu: GpuInfo | None = None) -> Device:
+        """``cpu``, ``cuda`` or ``cuda:N``, with ``gpu`` as given (nothing is probed)."""
+        kind, _, index = name.strip().lower().partition(":")
+        if kind == "cpu" and not index:
+            return cls()
+        if kind == "cuda" and (not index or index.isdigit()):
+            return cls("cuda", int(index or 0), gpu)
+        raise ValueError("expected auto, cpu, cuda or cuda:N")
+
+    @classmethod
+    def of(cls, device: Device | str, gpu: GpuInfo | None = None) -> Device:
+        """``device`` as a ``Device``: scripts and tests may still write ``"cpu"``."""
+        return device if isinstance(device, Device) else cls.parse(device, gpu)
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.type == "cuda"
+
+    @property
+    def name(self) -> str:
+        """The name torch takes (``cpu``, ``cuda:0``)."""
+        return "cpu" if self.type == "cpu" else f"cuda:{self.index}"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+CPU = Device()
+
+
+@dataclass(frozen=True)
 class PrecisionChoice:
     """A decision and the reason for it, which is logged once at start-up."""
 
@@ -54,7 +95,7 @@ class PrecisionChoice:
 
 
 def choose_precision(
-    wanted: Precision, device: str, gpu: GpuInfo | None, *, fallback: Precision | None = None
+    wanted: Precision, device: Device, *, fallback: Precision | None = None
 ) -> PrecisionChoice:
     """Pick the precision to load weights in.
 
@@ -62,7 +103,8 @@ def choose_precision(
     bfloat16 is wanted but the GPU lacks it (FP16 for most models; engines that are
     unstable in FP16 can pass FP32).
     """
-    if not device.startswith("cuda") or gpu is None:
+    gpu = device.gpu
+    if not device.is_cuda or gpu is None:
         if wanted is Precision.FP32:
             return PrecisionChoice(Precision.FP32, "FP32 requested")
         return PrecisionChoice(
@@ -101,14 +143,15 @@ _CT2_TYPES = (
 )
 
 
-def choose_ct2_compute_type(requested: str, device: str, gpu: GpuInfo | None) -> str:
+def choose_ct2_compute_type(requested: str, device: Device) -> str:
     """CTranslate2 compute type: an explicit request wins, else by device capability."""
     requested = requested.strip().lower()
     if requested not in _CT2_TYPES:
         raise ValueError(f"unknown compute type {requested!r}; expected one of {_CT2_TYPES}")
     if requested not in ("auto", "default"):
         return requested
-    if not device.startswith("cuda") or gpu is None:
+    gpu = device.gpu
+    if not device.is_cuda or gpu is None:
         return "int8"
     if gpu.capability >= (7, 0):
         return "float16"
@@ -121,32 +164,31 @@ class DeviceUnavailable(ValueError):
     """The configured device is not there; the message is one line with the fix."""
 
 
-def resolve_device(requested: str) -> str:
-    """Turn ``auto`` into ``cuda`` when a usable GPU exists, else ``cpu``; refuse a CUDA
-    device that is not visible, in one line, before an engine fails with a traceback
-    (the usual cause: a container started without the NVIDIA Container Toolkit)."""
-    if requested == "auto":
-        return "cuda" if gpu_info("cuda") is not None else "cpu"
-    if requested.startswith("cuda") and gpu_info(requested) is None:
+def resolve_device(requested: str) -> Device:
+    """The ``DEVICE`` setting as a ``Device``: ``auto`` is the first GPU when a usable one
+    exists, else the CPU; a CUDA device that is not visible is refused in one line, before
+    an engine fails with a traceback (the usual cause: a container started without the
+    NVIDIA Container Toolkit)."""
+    if requested.strip().lower() == "auto":
+        gpu = gpu_info(0)
+        return Device("cuda", 0, gpu) if gpu is not None else CPU
+    device = Device.parse(requested)
+    if not device.is_cuda:
+        return device
+    gpu = gpu_info(device.index)
+    if gpu is None:
         raise DeviceUnavailable(
             f"DEVICE={requested} but no usable NVIDIA GPU is visible to this process "
             "(neither PyTorch nor nvidia-smi found one): set DEVICE=auto to fall back to the "
             "CPU, or give the container the GPU (NVIDIA Container Toolkit and `gpus: all` in "
             "compose / `--gpus all`)"
         )
-    return requested
-
-
-def _cuda_index(device: str) -> int:
-    return int(device.split(":", 1)[1]) if ":" in device else 0
+    return Device("cuda", device.index, gpu)
 
 
 @lru_cache(maxsize=8)
-def gpu_info(device: str) -> GpuInfo | None:
-    """Describe the GPU behind ``device`` (torch if installed, else nvidia-smi)."""
-    if not device.startswith("cuda"):
-        return None
-    index = _cuda_index(device)
+def gpu_info(index: int = 0) -> GpuInfo | None:
+    """Describe CUDA GPU ``index`` (torch if installed, else nvidia-smi)."""
     try:
         import torch
 
@@ -195,7 +237,7 @@ def weight_bytes(*modules: Any) -> int:
     return module_bytes(*modules)
 
 
-def memory_report(device: str) -> dict[str, Any]:
+def memory_report(device: Device) -> dict[str, Any]:
     """Process and GPU memory now, for health checks (GPU figures only once torch runs)."""
     import resource
     import sys
@@ -209,8 +251,8 @@ def memory_report(device: str) -> dict[str, Any]:
     except (OSError, ValueError, IndexError):
         pass
     torch = sys.modules.get("torch")
-    if device.startswith("cuda") and torch is not None and torch.cuda.is_initialized():
-        index = _cuda_index(device)
+    if device.is_cuda and torch is not None and torch.cuda.is_initialized():
+        index = device.index
         free, total = torch.cuda.mem_get_info(index)
         report["gpu"] = {
             "allocated_bytes": int(torch.cuda.memory_allocated(index)),

@@ -24,8 +24,9 @@ import numpy as np
 _LOGGER = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
-    from .device import GpuInfo
+    from .device import Device
     from .memory import MemoryNeed
+    from .quant import QuantMode
     from .settings import Settings
 
 P = ParamSpec("P")
@@ -42,11 +43,33 @@ class EngineError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class LoadPlan:
+    """One backend's decisions for these settings on this device, made once (by its
+    module's ``plan``): the start-up memory check reads ``need``, and the engine is built
+    from the same plan, so the two can never disagree."""
+
+    settings: Settings
+    device: Device
+    need: MemoryNeed  # what the engine will hold on the GPU; precision and quantisation
+    reason: str = ""  # why that precision, logged at start-up
+    batch_size: int = 1  # most requests (or audio pieces) decoded together
+
+    @property
+    def precision(self) -> str:
+        """A torch dtype name (``float16``), or CTranslate2's compute type."""
+        return self.need.precision
+
+    @property
+    def quantization(self) -> QuantMode:
+        return self.need.quantization
+
+
+@dataclass(frozen=True)
 class Backend(Generic[E]):
     """One engine the product can serve: its name (the ``ASR_ENGINE``/``TTS_ENGINE``
     value), the module holding it (imported on first use, so an optional extra matters
-    only when its engine is chosen), its engine class, and the module's memory estimate
-    (``memory_need(settings, device, gpu) -> MemoryNeed``)."""
+    only when its engine is chosen) and its engine class. The module has
+    ``plan(settings, device) -> LoadPlan``; the class is built from that plan."""
 
     name: str
     module: str
@@ -55,14 +78,15 @@ class Backend(Generic[E]):
     def _module(self) -> ModuleType:
         return importlib.import_module(self.module)
 
-    def load(self, settings: Settings, device: str) -> E:
-        """Build the engine: loads its model."""
-        engine: E = getattr(self._module(), self.engine)(settings, device)
-        return engine
+    def plan(self, settings: Settings, device: Device) -> LoadPlan:
+        """Precision, quantisation, batch size and memory need: no weights loaded."""
+        plan: LoadPlan = self._module().plan(settings, device)
+        return plan
 
-    def memory_need(self, settings: Settings, device: str, gpu: GpuInfo | None) -> MemoryNeed:
-        need: MemoryNeed = self._module().memory_need(settings, device, gpu)
-        return need
+    def load(self, plan: LoadPlan) -> E:
+        """Build the engine from its plan: loads the model."""
+        engine: E = getattr(self._module(), self.engine)(plan)
+        return engine
 
 
 def pick_backend(backends: Mapping[str, Backend[E]], name: str) -> Backend[E]:

@@ -54,7 +54,7 @@ class MemoryNeed:
     working: int  # activations, KV cache, codec buffers: a model of the peak
     engine: str = ""
     precision: str = ""
-    quantization: str = "none"
+    quantization: QuantMode = "none"
     cpu: int = 0  # weights kept in CPU memory (e.g. Qwen3-TTS's text embedding)
     detail: str = ""
 

@@ -21,7 +21,7 @@ from typing import Any
 from aiohttp import BodyPartReader, web
 
 from .asr.service import AsrService
-from .device import memory_report
+from .device import Device, memory_report
 from .engine import AsrRequest, AsrResult, AsrSegment, EngineError
 from .languages import NAMES
 from .media import OUTPUT_FORMATS, AudioEncoder, AudioTooLong, MediaError, decode_audio
@@ -92,7 +92,7 @@ class OpenAiApi:
         settings: Settings,
         asr: AsrService | None,
         tts: TtsService | None,
-        device: str,
+        device: Device,
     ) -> None:
         self.settings = settings
         self.asr = asr
@@ -403,7 +403,7 @@ class OpenAiApi:
             }
         memory = await asyncio.to_thread(memory_report, self.device)
         return web.json_response(
-            {"status": "ok", "device": self.device, "services": services, "memory": memory}
+            {"status": "ok", "device": self.device.name, "services": services, "memory": memory}
         )
 
 

@@ -14,17 +14,18 @@ import argparse
 import json
 import sys
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from .asr.service import asr_memory_need
-from .device import GpuInfo, default_asr_batch_size, gpu_info
+from .asr.service import asr_plan
+from .device import Device, GpuInfo, default_asr_batch_size, gpu_info
 from .memory import HEADROOM_BYTES, MIB, MemoryPlan, gib
 from .settings import Settings, SettingsError, load_settings
+from .tts.service import tts_plan
 
 if TYPE_CHECKING:
+    from .engine import LoadPlan
     from .quant import QuantMode
-from .tts.service import tts_memory_need
 
 # Cards users ask about (``--gpu NAME``): size and compute capability.
 GPUS: dict[str, GpuInfo] = {
@@ -36,13 +37,36 @@ GPUS: dict[str, GpuInfo] = {
 }
 
 
-def memory_plan(settings: Settings, device: str, gpu: GpuInfo) -> MemoryPlan:
-    """Each configured service's estimate for ``gpu``, in start-up order."""
-    needs = [
-        (asr_memory_need if kind == "asr" else tts_memory_need)(settings, device, gpu)
-        for kind in settings.services
-    ]
-    return MemoryPlan(tuple(needs), gpu)
+@dataclass(frozen=True)
+class Plans:
+    """What start-up loads: the settings with every ``auto`` made concrete, each
+    configured service's load plan, and on a GPU the memory plan those make."""
+
+    settings: Settings
+    asr: LoadPlan | None = None
+    tts: LoadPlan | None = None
+    memory: MemoryPlan | None = None
+
+
+def service_plans(settings: Settings, device: Device) -> Plans:
+    """Each configured service's load plan; on a described GPU, their memory plan (in
+    start-up order). Nothing is loaded."""
+    asr = asr_plan(settings, device) if "asr" in settings.services else None
+    tts = tts_plan(settings, device) if "tts" in settings.services else None
+    memory = None
+    if device.is_cuda and device.gpu is not None:
+        loads = {"asr": asr, "tts": tts}
+        needs = (load.need for kind in settings.services if (load := loads[kind]) is not None)
+        memory = MemoryPlan(tuple(needs), device.gpu)
+    return Plans(settings, asr, tts, memory)
+
+
+def memory_plan(settings: Settings, device: Device) -> MemoryPlan:
+    """The configured services' memory plan on ``device``'s GPU."""
+    plan = service_plans(settings, device).memory
+    if plan is None:
+        raise ValueError(f"no GPU described for {device}: nothing to plan")
+    return plan
 
 
 def _qwen(settings: Settings, kind: str) -> bool:
@@ -51,11 +75,11 @@ def _qwen(settings: Settings, kind: str) -> bool:
     return (settings.asr_engine if kind == "asr" else settings.tts_engine).startswith("qwen3")
 
 
-def _candidates(settings: Settings, device: str, gpu: GpuInfo) -> Iterator[Settings]:
+def _candidates(settings: Settings, device: Device) -> Iterator[Settings]:
     """Concrete settings for every ``auto`` choice, most preferred first."""
-    asr_modes = _modes(settings.qwen_asr_quant, device, gpu) if _qwen(settings, "asr") else ["none"]
-    tts_modes = _modes(settings.qwen_tts_quant, device, gpu) if _qwen(settings, "tts") else ["none"]
-    top = default_asr_batch_size(gpu)
+    asr_modes = _modes(settings.qwen_asr_quant, device) if _qwen(settings, "asr") else ["none"]
+    tts_modes = _modes(settings.qwen_tts_quant, device) if _qwen(settings, "tts") else ["none"]
+    top = default_asr_batch_size(device.gpu)
     batches = (
         [b for b in (top, 4, 2, 1) if b <= top]
         if settings.qwen_asr_max_batch_size is None and _qwen(settings, "asr")
@@ -76,37 +100,40 @@ def _candidates(settings: Settings, device: str, gpu: GpuInfo) -> Iterator[Setti
                     )
 
 
-def _modes(configured: str, device: str, gpu: GpuInfo) -> list[str]:
+def _modes(configured: str, device: Device) -> list[str]:
     """Quantisation modes to try for an ``auto`` setting: none first, then int8 where it
     runs. nf4 is never picked for the user (about 9% output error per layer measured on
     random weights, its effect on real speech unmeasured); it is offered as a fix."""
     if configured != "auto":
         return [configured]
-    if not device.startswith("cuda"):
+    if not device.is_cuda or device.gpu is None:
         return ["none"]
     from .quant import quant_available
 
     modes: list[QuantMode] = ["int8"]
-    return ["none", *(m for m in modes if quant_available(m, device, gpu.capability) is None)]
+    capability = device.gpu.capability
+    return ["none", *(m for m in modes if quant_available(m, device.name, capability) is None)]
 
 
-def resolve_plan(settings: Settings, device: str, gpu: GpuInfo) -> tuple[Settings, MemoryPlan]:
-    """Settings with every ``auto`` made concrete, and their plan (with fixes when it
-    does not fit)."""
-    first: tuple[Settings, MemoryPlan] | None = None
-    fitting: tuple[Settings, MemoryPlan] | None = None
-    for candidate in _candidates(settings, device, gpu):
-        plan = memory_plan(candidate, device, gpu)
-        first = first or (candidate, plan)
-        if plan.headroom >= HEADROOM_BYTES:
-            return candidate, plan
-        if plan.fits and fitting is None:
-            fitting = (candidate, plan)
+def resolve_plan(settings: Settings, device: Device) -> Plans:
+    """The plans for ``device``'s GPU with every ``auto`` setting made concrete: the first
+    candidate that leaves the headroom, else the first that fits, else the most preferred
+    one with the fixes that were shown to make it fit."""
+    first: Plans | None = None
+    fitting: Plans | None = None
+    for candidate in _candidates(settings, device):
+        plans = service_plans(candidate, device)
+        assert plans.memory is not None
+        first = first or plans
+        if plans.memory.headroom >= HEADROOM_BYTES:
+            return plans
+        if plans.memory.fits and fitting is None:
+            fitting = plans
     if fitting is not None:
         return fitting
-    assert first is not None
-    chosen, plan = first
-    return chosen, replace(plan, fixes=tuple(fixes(chosen, device, gpu)))
+    assert first is not None and first.memory is not None
+    found = tuple(fixes(first.settings, device))
+    return replace(first, memory=replace(first.memory, fixes=found))
 
 
 def _fix_options(settings: Settings) -> list[tuple[str, dict[str, Any]]]:
@@ -150,14 +177,12 @@ def _quant_fixes(current: str, field: str, what: str) -> list[tuple[str, dict[st
     ]
 
 
-def fixes(settings: Settings, device: str, gpu: GpuInfo) -> list[str]:
+def fixes(settings: Settings, device: Device) -> list[str]:
     """Only changes that were recomputed and make this configuration fit: single changes
     first, then the fewest of them taken together; one service per card last."""
     options = _fix_options(settings)
     found = [
-        text
-        for text, change in options
-        if memory_plan(replace(settings, **change), device, gpu).fits
+        text for text, change in options if memory_plan(replace(settings, **change), device).fits
     ]
     if not found:
         combined: dict[str, Any] = {}
@@ -165,13 +190,13 @@ def fixes(settings: Settings, device: str, gpu: GpuInfo) -> list[str]:
         for text, change in options:
             combined.update(change)
             steps.append(text.split(" (", 1)[1].rstrip(")"))
-            if memory_plan(replace(settings, **combined), device, gpu).fits:
+            if memory_plan(replace(settings, **combined), device).fits:
                 found.append("together: " + ", ".join(steps))
                 break
     if len(settings.services) == 2:
         for kind in settings.services:
             alone = replace(settings, services=(kind,))
-            if memory_plan(alone, device, gpu).fits:
+            if memory_plan(alone, device).fits:
                 other = "tts" if kind == "asr" else "asr"
                 found.append(
                     f"run only `wyoming-opentalker {kind}` on this GPU and {other} on another "
@@ -200,9 +225,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _gpu_from(args: argparse.Namespace, device: str) -> GpuInfo:
+def _gpu_from(args: argparse.Namespace, index: int) -> GpuInfo:
     if args.gpu is None and args.gpu_memory is None and args.compute_capability is None:
-        real = gpu_info(device if device.startswith("cuda") else "cuda")
+        real = gpu_info(index)
         if real is None:
             raise SettingsError(
                 "no GPU here: describe one with --gpu NAME or --gpu-memory MIB "
@@ -264,10 +289,11 @@ def plan_main(argv: Sequence[str]) -> int:
         return 0
     try:
         settings = load_settings(rest)
-        device = settings.device
-        gpu = _gpu_from(args, device)
-        device = device if device.startswith("cuda") else "cuda"
-        settings, plan = resolve_plan(settings, device, gpu)
+        configured = Device.parse(settings.device) if settings.device != "auto" else Device()
+        index = configured.index if configured.is_cuda else 0
+        plans = resolve_plan(settings, Device("cuda", index, _gpu_from(args, index)))
+        settings, plan = plans.settings, plans.memory
+        assert plan is not None
     except (SettingsError, ValueError, OSError) as err:
         print(f"wyoming-opentalker plan: error: {err}", file=sys.stderr)
         return 2
@@ -284,14 +310,13 @@ def plan_main(argv: Sequence[str]) -> int:
     return 0 if plan.fits else 1
 
 
-def start_plan(settings: Settings, device: str) -> tuple[Settings, MemoryPlan | None]:
-    """At start-up on a GPU: resolve ``auto`` choices for the real card and refuse a
-    configuration that cannot fit (``MEMORY_CHECK=false`` only skips the refusal)."""
-    gpu = gpu_info(device)
-    if gpu is None:
-        return settings, None
-    settings, plan = resolve_plan(settings, device, gpu)
-    return settings, plan
+def start_plan(settings: Settings, device: Device) -> Plans:
+    """At start-up: on a GPU, resolve ``auto`` choices for the real card (the caller
+    refuses a configuration that cannot fit unless ``MEMORY_CHECK=false``); on the CPU
+    nothing is quantised unless asked for."""
+    if device.is_cuda and device.gpu is not None:
+        return resolve_plan(settings, device)
+    return service_plans(cpu_settings(settings), device)
 
 
 def cpu_settings(settings: Settings) -> Settings:

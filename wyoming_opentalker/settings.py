@@ -23,6 +23,7 @@ from typing import Any, get_type_hints
 from urllib.parse import urlparse
 
 from .backends import ASR_BACKENDS, TTS_BACKENDS
+from .device import Device
 
 SERVICES = ("asr", "tts")
 ASR_ENGINES = tuple(ASR_BACKENDS)
@@ -100,11 +101,9 @@ def _uri(raw: str) -> str:
 
 def _device(raw: str) -> str:
     value = raw.strip().lower()
-    if value in ("auto", "cpu", "cuda"):
-        return value
-    if value.startswith("cuda:") and value[5:].isdigit():
-        return value
-    raise ValueError("expected auto, cpu, cuda or cuda:N")
+    if value != "auto":
+        Device.parse(value)  # raises with the accepted forms
+    return value
 
 
 def _services(raw: str) -> tuple[str, ...]:

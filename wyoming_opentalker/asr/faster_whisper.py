@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from ..device import GpuInfo, choose_ct2_compute_type, gpu_info
-from ..engine import AsrEngine, AsrRequest, AsrResult, AsrSegment, EngineInfo
+from ..device import Device, choose_ct2_compute_type
+from ..engine import AsrEngine, AsrRequest, AsrResult, AsrSegment, EngineInfo, LoadPlan
 from ..memory import GIB, MemoryNeed
 from ..models import ModelSource, ResolvedModel, assemble, resolve_configured
 from ..settings import Settings
@@ -88,38 +88,42 @@ def resolve(settings: Settings) -> ResolvedModel:
     return resolve_configured(settings.asr_model, model_source(), settings)
 
 
-def memory_need(settings: Settings, device: str, gpu: GpuInfo | None) -> MemoryNeed:
-    """CTranslate2 holds the weights at the compute type: the file's size (hub conversions
-    store float16) scaled to it, plus decoding buffers for the beam."""
-    compute_type = choose_ct2_compute_type(settings.asr_compute_type, device, gpu)
+def plan(settings: Settings, device: Device) -> LoadPlan:
+    """The compute type, decided once, and its memory need: CTranslate2 holds the weights
+    at the compute type (the file's size, which hub conversions store in float16, scaled
+    to it), plus decoding buffers for the beam."""
+    compute_type = choose_ct2_compute_type(settings.asr_compute_type, device)
     if settings.asr_model in ("base", "Systran/faster-whisper-base") and _base_installed():
         size = BASE_SIZE  # known without assembling it
     else:
         path = resolve(settings).path / "model.bin"
         size = path.stat().st_size if path.exists() else 0
     wanted = 1 if compute_type.startswith("int8") else 4 if compute_type == "float32" else 2
-    return MemoryNeed(
+    need = MemoryNeed(
         "asr",
         f"faster-whisper ({compute_type})",
         size * wanted // 2,
         int((0.25 + 0.02 * settings.asr_beam_size) * GIB),
+        engine="faster-whisper",
+        precision=compute_type,
     )
+    return LoadPlan(settings, device, need, f"ASR_COMPUTE_TYPE={settings.asr_compute_type}")
 
 
 class FasterWhisperEngine(AsrEngine):
     """Runs one ``WhisperModel``; batches of one (CTranslate2 decodes one at a time here)."""
 
-    def __init__(self, settings: Settings, device: str) -> None:
+    def __init__(self, plan: LoadPlan) -> None:
         import ctranslate2
         import faster_whisper
 
+        settings, device = plan.settings, plan.device
         resolved = resolve(settings)
-        compute_type = choose_ct2_compute_type(settings.asr_compute_type, device, gpu_info(device))
-        ct2_device, _, index = device.partition(":")
+        compute_type = plan.precision
         self._model = faster_whisper.WhisperModel(
             str(resolved.path),
-            device=ct2_device,
-            device_index=int(index or 0),
+            device=device.type,
+            device_index=device.index,
             compute_type=compute_type,
             local_files_only=True,
         )
@@ -133,7 +137,7 @@ class FasterWhisperEngine(AsrEngine):
         self._info = EngineInfo(
             engine="faster-whisper",
             model=name,
-            device=device,
+            device=device.name,
             precision=compute_type,
             weights_bytes=weights.stat().st_size if weights.exists() else 0,
             version=f"faster-whisper {faster_whisper.__version__}, "

@@ -31,16 +31,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..device import (
-    GpuInfo,
+    Device,
     Precision,
     PrecisionChoice,
     choose_precision,
     cpu_speed_warning,
     default_asr_batch_size,
-    gpu_info,
     weight_bytes,
 )
-from ..engine import AsrEngine, AsrRequest, AsrResult, EngineError, EngineInfo
+from ..engine import AsrEngine, AsrRequest, AsrResult, EngineError, EngineInfo, LoadPlan
 from ..languages import CODES, language_name
 from ..memory import (
     BYTES_PER,
@@ -78,10 +77,10 @@ def resolve(settings: Settings) -> ResolvedModel:
     return resolve_configured(settings.asr_model, source, settings)
 
 
-def asr_precision(settings: Settings, device: str, gpu: GpuInfo | None) -> PrecisionChoice:
+def asr_precision(settings: Settings, device: Device) -> PrecisionChoice:
     """``ASR_DTYPE`` if given, else FP16 (on CUDA; the CPU gets FP32)."""
     wanted = Precision.FP16 if settings.asr_dtype == "auto" else Precision(settings.asr_dtype)
-    return choose_precision(wanted, device, gpu)
+    return choose_precision(wanted, device)
 
 
 def asr_quant(settings: Settings) -> QuantMode:
@@ -177,10 +176,12 @@ def working_bytes(shape: KvShape, element: int, batch: int, settings: Settings) 
     return _WORKING_FIXED + kv + prefill + scores + last_logits + tower
 
 
-def memory_need(settings: Settings, device: str, gpu: GpuInfo | None) -> MemoryNeed:
-    """Weights as they will be resident (tied head once, quantised linears at their
+def plan(settings: Settings, device: Device) -> LoadPlan:
+    """Precision, quantisation and batch size, decided once; and the memory need they
+    give: weights as they will be resident (tied head once, quantised linears at their
     packed size), plus one full batch's working memory."""
-    precision = asr_precision(settings, device, gpu).precision
+    choice = asr_precision(settings, device)
+    precision = choice.precision
     path = resolve(settings).path
     headers = read_headers(path)
     config = json.loads((path / "config.json").read_text())
@@ -188,11 +189,11 @@ def memory_need(settings: Settings, device: str, gpu: GpuInfo | None) -> MemoryN
     skip = {"thinker.lm_head.weight"} if tied else set()
     quant = asr_quant(settings)
     weights = checkpoint_bytes(headers, precision, quant, quantisable, skip=skip)
-    batch = settings.qwen_asr_max_batch_size or default_asr_batch_size(gpu)
+    batch = settings.qwen_asr_max_batch_size or default_asr_batch_size(device.gpu)
     working = working_bytes(text_shape(path), BYTES_PER[precision], batch, settings)
     budget = token_budget(batch, settings.qwen_asr_max_new_tokens)
     detail = f"batch up to {batch}, {budget} tokens, {PIECE_SECONDS:g} s pieces"
-    return MemoryNeed(
+    need = MemoryNeed(
         "asr",
         f"Qwen3-ASR ({precision.value}{'' if quant == 'none' else ', ' + quant}, {detail})",
         weights,
@@ -202,6 +203,7 @@ def memory_need(settings: Settings, device: str, gpu: GpuInfo | None) -> MemoryN
         quantization=quant,
         detail=detail,
     )
+    return LoadPlan(settings, device, need, choice.reason, batch)
 
 
 class _NonFinite:
@@ -221,11 +223,12 @@ class _NonFinite:
 class Qwen3AsrEngine(AsrEngine):
     """``Qwen3ASRModel`` loaded through its own ``from_pretrained``, like real weights."""
 
-    def __init__(self, settings: Settings, device: str) -> None:
+    def __init__(self, plan: LoadPlan) -> None:
         from ..quant import quant_available, quiet_import_warnings
 
-        self.quantization = asr_quant(settings)
-        reason = quant_available(self.quantization, device)
+        settings, device = plan.settings, plan.device
+        self.quantization = plan.quantization
+        reason = quant_available(self.quantization, device.name)
         if reason is not None:
             raise EngineError(f"QWEN_ASR_QUANT={self.quantization}: {reason}")
         quiet_import_warnings()
@@ -234,18 +237,16 @@ class Qwen3AsrEngine(AsrEngine):
 
         self._torch = torch
         resolved = resolve(settings)
-        gpu = gpu_info(device)
-        choice = asr_precision(settings, device, gpu)
-        if not device.startswith("cuda"):
-            _LOGGER.info("Qwen3-ASR on the CPU runs in FP32 (%s)", choice.reason)
+        if not device.is_cuda:
+            _LOGGER.info("Qwen3-ASR on the CPU runs in FP32 (%s)", plan.reason)
             cpu_speed_warning("Qwen3-ASR", "about 2.4x real time on 2 cores")
-        self.max_batch_size = settings.qwen_asr_max_batch_size or default_asr_batch_size(gpu)
+        self.max_batch_size = plan.batch_size
         self._budget = token_budget(self.max_batch_size, settings.qwen_asr_max_new_tokens)
         self._max_new_tokens = settings.qwen_asr_max_new_tokens
         self._model = Qwen3ASRModel.from_pretrained(
             str(resolved.path),
-            dtype=getattr(torch, choice.precision.value),
-            device_map=device,
+            dtype=getattr(torch, plan.precision),
+            device_map=device.name,
             max_inference_batch_size=self.max_batch_size,
             max_new_tokens=self._max_new_tokens,
         )
@@ -260,7 +261,7 @@ class Qwen3AsrEngine(AsrEngine):
             from ..quant import quantize_linears
 
             report = quantize_linears(
-                thinker, self.quantization, device, skip=lambda name, _m: not quantisable(name)
+                thinker, self.quantization, device.name, skip=lambda name, _m: not quantisable(name)
             )
             _LOGGER.info("Qwen3-ASR weights quantised: %s", report.summary())
         generation = self._model.model.generation_config
@@ -279,17 +280,17 @@ class Qwen3AsrEngine(AsrEngine):
         self._info = EngineInfo(
             engine="qwen3-asr",
             model=resolved.name,
-            device=device,
-            precision=f"{choice.precision.value}{quant} ({choice.reason})",
+            device=device.name,
+            precision=f"{plan.precision}{quant} ({plan.reason})",
             weights_bytes=weights,
             version=f"qwen-asr {getattr(qwen_asr, '__version__', '0.0.6')}",
-            description=f"Qwen3-ASR {resolved.name} ({choice.precision.value}{quant})",
+            description=f"Qwen3-ASR {resolved.name} ({plan.precision}{quant})",
             attribution=("Alibaba Qwen", "https://github.com/QwenLM/Qwen3-ASR"),
         )
         _LOGGER.info(
             "Qwen3-ASR: device %s, dtype %s%s, batch up to %d, weights %.0f MiB",
             device,
-            choice.precision.value,
+            plan.precision,
             quant,
             self.max_batch_size,
             weights / 2**20,

@@ -6,13 +6,14 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from wyoming.event import Event
 from wyoming.info import AsrModel, AsrProgram, Attribution, Info
 
 from .. import __version__
 from ..backends import ASR_BACKENDS
-from ..device import GpuInfo
+from ..device import Device
 from ..engine import (
     PROGRAM_NAME,
     PROGRAM_URL,
@@ -21,21 +22,23 @@ from ..engine import (
     AsrResult,
     EngineError,
     InferenceWorker,
+    LoadPlan,
     pick_backend,
 )
 from ..languages import language_code
-from ..memory import MemoryNeed
 from ..settings import Settings
 
 _LOGGER = logging.getLogger(__name__)
 
 
-def load_asr_engine(settings: Settings, device: str) -> AsrEngine:
-    return pick_backend(ASR_BACKENDS, settings.asr_engine).load(settings, device)
+def asr_plan(settings: Settings, device: Device) -> LoadPlan:
+    """How the configured ASR engine will be loaded on ``device``: no weights read."""
+    return pick_backend(ASR_BACKENDS, settings.asr_engine).plan(settings, device)
 
 
-def asr_memory_need(settings: Settings, device: str, gpu: GpuInfo | None) -> MemoryNeed:
-    return pick_backend(ASR_BACKENDS, settings.asr_engine).memory_need(settings, device, gpu)
+def load_asr_engine(plan: LoadPlan) -> AsrEngine:
+    """Build the planned engine (blocking: loads its model)."""
+    return pick_backend(ASR_BACKENDS, plan.settings.asr_engine).load(plan)
 
 
 @dataclass
@@ -54,6 +57,7 @@ class AsrService:
     together share one decode while a single user pays only a few milliseconds.
     """
 
+    kind: ClassVar[str] = "asr"
     engine: AsrEngine
     settings: Settings
     worker: InferenceWorker = field(default_factory=lambda: InferenceWorker("asr"))

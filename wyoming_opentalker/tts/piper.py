@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from ..device import GpuInfo
-from ..engine import EngineError, EngineInfo, TtsEngine, TtsRequest, Voice
+from ..device import Device
+from ..engine import EngineError, EngineInfo, LoadPlan, TtsEngine, TtsRequest, Voice
 from ..languages import reads, text_script
 from ..memory import GIB, MemoryNeed
 from ..models import (
@@ -120,12 +120,16 @@ def _fetch_voice(name: str, path: str, settings: Settings, local_files_only: boo
     return onnx
 
 
-def memory_need(settings: Settings, device: str, gpu: GpuInfo | None) -> MemoryNeed:
-    """ONNX Runtime's CUDA provider: the voices' weights plus its arena. A voice not yet
-    downloaded counts as a typical medium voice (nothing is fetched for an estimate)."""
+def plan(settings: Settings, device: Device) -> LoadPlan:
+    """Piper runs in FP32 everywhere. Its memory need under ONNX Runtime's CUDA provider:
+    the voices' weights plus its arena. A voice not yet downloaded counts as a typical
+    medium voice (nothing is fetched for an estimate)."""
     files, missing = _voice_files_of(settings, download=False)
     size = sum(file.stat().st_size for file in files) + missing * TYPICAL_VOICE_BYTES
-    return MemoryNeed("tts", "Piper (float32)", size, int(0.25 * GIB))
+    need = MemoryNeed(
+        "tts", "Piper (float32)", size, int(0.25 * GIB), engine="piper", precision="float32"
+    )
+    return LoadPlan(settings, device, need, "ONNX voices are float32")
 
 
 @dataclass
@@ -173,11 +177,12 @@ class PiperEngine(TtsEngine):
     """One or more Piper voices (by name, ``.onnx`` files or folders of them). Voices of
     different sample rates are served at the highest one."""
 
-    def __init__(self, settings: Settings, device: str) -> None:
+    def __init__(self, plan: LoadPlan) -> None:
         import onnxruntime
 
+        settings = plan.settings
         files = voice_files(settings)
-        use_cuda = device.startswith("cuda") and (
+        use_cuda = plan.device.is_cuda and (
             "CUDAExecutionProvider" in onnxruntime.get_available_providers()
         )
         self._voices: dict[str, _LoadedVoice] = {}
@@ -209,7 +214,7 @@ class PiperEngine(TtsEngine):
         self._info = EngineInfo(
             engine="piper",
             model=self._default,
-            device="cuda" if use_cuda else "cpu",
+            device=plan.device.name if use_cuda else "cpu",
             precision="float32",
             weights_bytes=size,
             version=f"piper-tts {getattr(piper, '__version__', '1.8.0')}",

@@ -35,15 +35,14 @@ import numpy as np
 from ..audio import fade_edges
 from ..chunking import split_long
 from ..device import (
-    GpuInfo,
+    Device,
     Precision,
     PrecisionChoice,
     choose_precision,
     cpu_speed_warning,
-    gpu_info,
     weight_bytes,
 )
-from ..engine import EngineError, EngineInfo, TtsEngine, TtsRequest, Voice
+from ..engine import EngineError, EngineInfo, LoadPlan, TtsEngine, TtsRequest, Voice
 from ..languages import CODES, NAMES
 from ..memory import BYTES_PER, GIB, MIB, MemoryNeed, checkpoint_bytes, read_headers
 from ..models import ModelSource, ResolvedModel, resolve_configured
@@ -136,12 +135,12 @@ def resolve(settings: Settings) -> ResolvedModel:
     return resolve_configured(settings.tts_model, source, settings)
 
 
-def tts_precision(device: str, gpu: GpuInfo | None, requested: str = "auto") -> PrecisionChoice:
+def tts_precision(device: Device, requested: str = "auto") -> PrecisionChoice:
     """bfloat16 where native (sm_80+), else FP16 (Pascal included: FP16 storage with FP32
     accumulation runs there, and an FP32 talker, 2.2 GiB, cannot share a 4 GB card); FP32
     on the CPU. ``TTS_DTYPE`` overrides (still subject to what the device can do)."""
     wanted = Precision.BF16 if requested == "auto" else Precision(requested)
-    return choose_precision(wanted, device, gpu, fallback=Precision.FP16)
+    return choose_precision(wanted, device, fallback=Precision.FP16)
 
 
 # Frames a chunk may run to before it is cut off: generous for slow speech and numbers
@@ -242,10 +241,12 @@ def tts_quant(settings: Settings) -> QuantMode:
     return "none" if mode == "auto" else mode  # type: ignore[return-value]
 
 
-def memory_need(settings: Settings, device: str, gpu: GpuInfo | None) -> MemoryNeed:
-    """Talker at its precision (text embedding in CPU memory), the codec decoder in FP32,
-    and one chunk's working memory."""
-    precision = tts_precision(device, gpu, settings.tts_dtype).precision
+def plan(settings: Settings, device: Device) -> LoadPlan:
+    """The talker's precision and quantisation, decided once, and the memory need they
+    give: the talker at its precision (text embedding in CPU memory), the codec decoder
+    in FP32, and one chunk's working memory."""
+    choice = tts_precision(device, settings.tts_dtype)
+    precision = choice.precision
     path = resolve(settings).path
     quant = tts_quant(settings)
     talker = read_headers(path)
@@ -257,7 +258,7 @@ def memory_need(settings: Settings, device: str, gpu: GpuInfo | None) -> MemoryN
         f"chunk {settings.tts_chunk_size or 'off'}, "
         f"window {settings.qwen_tts_stream_window or 'off'}"
     )
-    return MemoryNeed(
+    need = MemoryNeed(
         "tts",
         f"Qwen3-TTS ({precision.value}{'' if quant == 'none' else ', ' + quant}, "
         f"codec float32, {detail})",
@@ -269,6 +270,7 @@ def memory_need(settings: Settings, device: str, gpu: GpuInfo | None) -> MemoryN
         cpu=cpu,
         detail=detail,
     )
+    return LoadPlan(settings, device, need, choice.reason)
 
 
 class CpuEmbedding:
@@ -343,11 +345,12 @@ def load_lean(path: str, dtype: Any, device: str, quant: QuantMode = "none") -> 
 class Qwen3TtsEngine(TtsEngine):
     """``Qwen3TTSModel`` loaded through its own ``from_pretrained``, like real weights."""
 
-    def __init__(self, settings: Settings, device: str) -> None:
+    def __init__(self, plan: LoadPlan) -> None:
         from ..quant import quant_available, quiet_import_warnings
 
-        self.quantization = tts_quant(settings)
-        reason = quant_available(self.quantization, device)
+        settings, device = plan.settings, plan.device
+        self.quantization = plan.quantization
+        reason = quant_available(self.quantization, device.name)
         if reason is not None:
             raise EngineError(f"QWEN_TTS_QUANT={self.quantization}: {reason}")
         quiet_import_warnings()
@@ -358,12 +361,11 @@ class Qwen3TtsEngine(TtsEngine):
 
         self._torch = torch
         resolved = resolve(settings)
-        choice = tts_precision(device, gpu_info(device), settings.tts_dtype)
-        _LOGGER.info("Qwen3-TTS talker precision: %s (%s)", choice.precision.value, choice.reason)
-        if not device.startswith("cuda"):
+        _LOGGER.info("Qwen3-TTS talker precision: %s (%s)", plan.precision, plan.reason)
+        if not device.is_cuda:
             cpu_speed_warning("Qwen3-TTS", "minutes per sentence on 2 cores")
         self._model = load_lean(
-            str(resolved.path), getattr(torch, choice.precision.value), device, self.quantization
+            str(resolved.path), getattr(torch, plan.precision), device.name, self.quantization
         )
         codec = self._model.model.speech_tokenizer
         self._codec = codec.model
@@ -399,8 +401,8 @@ class Qwen3TtsEngine(TtsEngine):
         self._info = EngineInfo(
             engine="qwen3-tts",
             model=resolved.name,
-            device=device,
-            precision=f"{choice.precision.value}{quant}, codec float32",
+            device=device.name,
+            precision=f"{plan.precision}{quant}, codec float32",
             weights_bytes=weights,
             version=f"qwen-tts {getattr(qwen_tts, '__version__', '0.1.1')}",
             description=f"Qwen3-TTS {resolved.name}",

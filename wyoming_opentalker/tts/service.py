@@ -8,7 +8,7 @@ import logging
 import re
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from wyoming.event import Event
@@ -17,19 +17,19 @@ from wyoming.info import Attribution, Info, TtsProgram, TtsVoice, TtsVoiceSpeake
 from .. import __version__
 from ..backends import TTS_BACKENDS
 from ..chunking import SentenceStream, chunk_text
-from ..device import GpuInfo
+from ..device import Device
 from ..engine import (
     PROGRAM_NAME,
     PROGRAM_URL,
     EngineError,
     InferenceWorker,
+    LoadPlan,
     TtsEngine,
     TtsRequest,
     Voice,
     pick_backend,
 )
 from ..languages import language_code, reads
-from ..memory import MemoryNeed
 from ..settings import Settings
 
 _LOGGER = logging.getLogger(__name__)
@@ -43,12 +43,14 @@ MAX_BUFFERED_SECONDS = 20.0
 _NAME_LOCALE = re.compile(r"^([a-z]{2,3})[_-]([A-Za-z]{2})(?:[-_.]|$)")
 
 
-def load_tts_engine(settings: Settings, device: str) -> TtsEngine:
-    return pick_backend(TTS_BACKENDS, settings.tts_engine).load(settings, device)
+def tts_plan(settings: Settings, device: Device) -> LoadPlan:
+    """How the configured TTS engine will be loaded on ``device``: no weights read."""
+    return pick_backend(TTS_BACKENDS, settings.tts_engine).plan(settings, device)
 
 
-def tts_memory_need(settings: Settings, device: str, gpu: GpuInfo | None) -> MemoryNeed:
-    return pick_backend(TTS_BACKENDS, settings.tts_engine).memory_need(settings, device, gpu)
+def load_tts_engine(plan: LoadPlan) -> TtsEngine:
+    """Build the planned engine (blocking: loads its model)."""
+    return pick_backend(TTS_BACKENDS, plan.settings.tts_engine).load(plan)
 
 
 async def _each(items: Iterable[str]) -> AsyncIterator[str]:
@@ -111,6 +113,7 @@ class AudioPipe:
 class TtsService:
     """A loaded engine, its worker thread, and what ``info`` says about it."""
 
+    kind: ClassVar[str] = "tts"
     engine: TtsEngine
     settings: Settings
     worker: InferenceWorker = field(default_factory=lambda: InferenceWorker("tts"))
