@@ -168,7 +168,7 @@ def whisper_child(args: argparse.Namespace) -> None:
     import shutil
 
     from tests.speech import corpus
-    from wyoming_opentalker.asr.faster_whisper import FasterWhisperEngine, plan
+    from wyoming_opentalker.asr.faster_whisper import FasterWhisperEngine
     from wyoming_opentalker.audio import PcmFormat, PcmToFloat
     from wyoming_opentalker.device import resolve_device
     from wyoming_opentalker.engine import AsrRequest
@@ -176,7 +176,7 @@ def whisper_child(args: argparse.Namespace) -> None:
 
     model, compute_type = args.whisper_child.split("|")
     settings = Settings(asr_model=model or None, asr_compute_type=compute_type)
-    engine = FasterWhisperEngine(plan(settings, resolve_device(args.device)))
+    engine = FasterWhisperEngine.load(settings, resolve_device(args.device))
     clips = [c for c in corpus() if c.set == "librivox"]
     spent = seconds = 0.0
     for clip in clips:

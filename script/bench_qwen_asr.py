@@ -47,7 +47,7 @@ def speech() -> list[np.ndarray]:
 def run(model: Path, dtype: str, device: str, rounds: int) -> dict[str, float | str]:
     import torch
 
-    from wyoming_opentalker.asr.qwen3_asr import Qwen3AsrEngine, plan
+    from wyoming_opentalker.asr.qwen3_asr import Qwen3AsrEngine
     from wyoming_opentalker.device import resolve_device
 
     cuda = resolve_device(device).is_cuda
@@ -70,7 +70,7 @@ def run(model: Path, dtype: str, device: str, rounds: int) -> dict[str, float | 
         ],
         {},
     )
-    engine = Qwen3AsrEngine(plan(settings, resolve_device(device)))
+    engine = Qwen3AsrEngine.load(settings, resolve_device(device))
     loaded = torch.cuda.memory_allocated() if cuda else engine.info.weights_bytes
     clips = speech()
     audio_seconds = sum(c.size for c in clips) / 16000

@@ -55,7 +55,7 @@ def run(model: Path, dtype: str, device: str, cap: int) -> dict[str, Any]:
     import torch
 
     from wyoming_opentalker.device import resolve_device
-    from wyoming_opentalker.tts.qwen3_tts import Qwen3TtsEngine, plan
+    from wyoming_opentalker.tts.qwen3_tts import Qwen3TtsEngine
 
     cuda = resolve_device(device).is_cuda
 
@@ -70,7 +70,7 @@ def run(model: Path, dtype: str, device: str, cap: int) -> dict[str, Any]:
 
     reset()
     settings = load_settings(["tts", "--tts-model", str(model), "--tts-dtype", dtype], {})
-    engine = Qwen3TtsEngine(plan(settings, resolve_device(device)))
+    engine = Qwen3TtsEngine.load(settings, resolve_device(device))
     row: dict[str, Any] = {
         "dtype": engine.info.precision,
         "weights_gib": engine.info.weights_bytes / GIB,

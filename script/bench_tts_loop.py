@@ -141,7 +141,7 @@ def overhead(work: Path, threads: int) -> list[dict[str, Any]]:
 def full_size(work: Path, frames: int) -> list[dict[str, Any]]:
     """Engine-level ms/frame on the full-size architecture, lean vs upstream loop."""
     from wyoming_opentalker.device import CPU
-    from wyoming_opentalker.tts.qwen3_tts import Qwen3TtsEngine, plan
+    from wyoming_opentalker.tts.qwen3_tts import Qwen3TtsEngine
 
     started = time.perf_counter()
     model = build_qwen3_tts(work / "Qwen3-TTS-full", size="full")
@@ -152,7 +152,7 @@ def full_size(work: Path, frames: int) -> list[dict[str, Any]]:
             ["tts", "--tts-model", str(model), "--qwen-tts-loop", loop, "--tts-dtype", "float32"],
             {},
         )
-        engine = Qwen3TtsEngine(plan(settings, CPU))
+        engine = Qwen3TtsEngine.load(settings, CPU)
         engine._max_new_tokens = 3
         engine.generate_codes("warm up", "ryan", "english")
         engine._max_new_tokens = frames + 1

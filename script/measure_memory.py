@@ -161,7 +161,7 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     print(f"{'what':<52} {'GiB':>8} {'planned':>8} {'ratio':>7}")
     if args.only in (None, "asr"):
-        load = qasr.plan(settings, CPU)  # the forced precision, as a GPU would get
+        load = qasr.Qwen3AsrEngine.plan(settings, CPU)  # the forced precision, as a GPU would get
         need, engine = load.need, qasr.Qwen3AsrEngine(load)
         label = f"ASR resident weights ({args.dtype})"
         rows.append(row(label, weight_bytes(engine._model.model), need.weights))
@@ -183,7 +183,7 @@ def main() -> None:
             rows[-1]["seconds"] = time.monotonic() - started
         del engine
     if args.only in (None, "tts"):
-        load = qtts.plan(settings, CPU)
+        load = qtts.Qwen3TtsEngine.plan(settings, CPU)
         need, engine = load.need, qtts.Qwen3TtsEngine(load)
         embedding = engine._model.model.talker.model.text_embedding.weight
         resident = weight_bytes(engine._model.model, engine._codec)

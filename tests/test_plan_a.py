@@ -69,16 +69,16 @@ def _settings(asr: Path, tts: Path, *extra: str) -> Any:
 
 @pytest.fixture(scope="module")
 def tts_engine(asr_model: Path, tts_model: Path) -> Any:
-    from wyoming_opentalker.tts.qwen3_tts import Qwen3TtsEngine, plan
+    from wyoming_opentalker.tts.qwen3_tts import Qwen3TtsEngine
 
-    return Qwen3TtsEngine(plan(_settings(asr_model, tts_model), CPU))
+    return Qwen3TtsEngine.load(_settings(asr_model, tts_model), CPU)
 
 
 @pytest.fixture(scope="module")
 def asr_engine(asr_model: Path, tts_model: Path) -> Any:
-    from wyoming_opentalker.asr.qwen3_asr import Qwen3AsrEngine, plan
+    from wyoming_opentalker.asr.qwen3_asr import Qwen3AsrEngine
 
-    return Qwen3AsrEngine(plan(_settings(asr_model, tts_model), CPU))
+    return Qwen3AsrEngine.load(_settings(asr_model, tts_model), CPU)
 
 
 def test_text_embedding_lives_in_cpu_memory_and_generation_works(tts_engine: Any) -> None:

@@ -59,10 +59,10 @@ def tts_server(tts_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 @pytest.fixture(scope="module")
 def engine(tts_model: Path) -> Any:
-    from wyoming_opentalker.tts.qwen3_tts import Qwen3TtsEngine, plan
+    from wyoming_opentalker.tts.qwen3_tts import Qwen3TtsEngine
 
     settings = load_settings(["tts", "--tts-model", str(tts_model)], {})
-    return Qwen3TtsEngine(plan(settings, CPU))
+    return Qwen3TtsEngine.load(settings, CPU)
 
 
 def _one_response(types: list[str], closing: str = "audio-stop") -> None:
@@ -186,10 +186,10 @@ def test_lean_loop_gives_upstreams_frames(
     the frames upstream's generate_custom_voice does, and so the same audio."""
     import torch
 
-    from wyoming_opentalker.tts.qwen3_tts import Qwen3TtsEngine, plan
+    from wyoming_opentalker.tts.qwen3_tts import Qwen3TtsEngine
 
     settings = load_settings(["tts", "--tts-model", str(greedy_model)], {})
-    ours = Qwen3TtsEngine(plan(settings, CPU))
+    ours = Qwen3TtsEngine.load(settings, CPU)
     assert ours._lean is not None
     codes = ours.generate_codes(text, speaker, language)
     wavs, rate = ours._model.generate_custom_voice(
@@ -269,7 +269,7 @@ def test_graphed_loop_wiring_gives_the_eager_frames(greedy_model: Path, monkeypa
     a replay computes; that the real capture succeeds needs a GPU (script/gpu-proof)."""
     import torch
 
-    from wyoming_opentalker.tts import qwen3_loop, qwen3_tts
+    from wyoming_opentalker.tts import qwen3_loop
     from wyoming_opentalker.tts.qwen3_tts import Qwen3TtsEngine
 
     def rerun(fn: Any) -> tuple[Any, Any]:
@@ -288,7 +288,7 @@ def test_graphed_loop_wiring_gives_the_eager_frames(greedy_model: Path, monkeypa
 
     monkeypatch.setattr(qwen3_loop, "capture", rerun)
     settings = load_settings(["tts", "--tts-model", str(greedy_model)], {})
-    engine = Qwen3TtsEngine(qwen3_tts.plan(settings, CPU))
+    engine = Qwen3TtsEngine.load(settings, CPU)
     eager = [engine.generate_codes(text, "ryan", "english") for text in ("Good night.", "Hi")]
     engine._lean.use_graphs(256)
     assert engine._lean.graphed

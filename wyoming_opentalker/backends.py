@@ -1,5 +1,6 @@
 """Every engine the product serves, one line each: a new backend is one new module (an
-``AsrEngine`` or ``TtsEngine`` subclass and its ``memory_need``) and one line here."""
+``AsrEngine`` or ``TtsEngine`` subclass with its ``plan``, and its memory fixes and
+``auto`` choices where it has any) and one line here."""
 
 from __future__ import annotations
 

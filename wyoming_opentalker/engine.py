@@ -17,15 +17,17 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import TYPE_CHECKING, Generic, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 import numpy as np
 
 _LOGGER = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
+    from typing import Self
+
     from .device import Device
-    from .memory import MemoryNeed
+    from .memory import MemoryFix, MemoryNeed
     from .quant import QuantMode
     from .settings import Settings
 
@@ -64,29 +66,63 @@ class LoadPlan:
         return self.need.quantization
 
 
+class Engine(ABC):
+    """What every backend has besides its side's requests: a plan made before any weight
+    is read, and the answers the memory planner asks of it. The class is built from its
+    plan (``Engine(plan)``), which loads the model."""
+
+    @classmethod
+    @abstractmethod
+    def plan(cls, settings: Settings, device: Device) -> LoadPlan:
+        """Precision, quantisation, batch size and memory need: no weights loaded."""
+
+    @classmethod
+    def auto_choices(cls, settings: Settings, device: Device) -> list[dict[str, Any]]:
+        """Concrete values for this backend's ``auto`` settings, most preferred first, for
+        the planner to try in turn (``[{}]``: nothing to choose)."""
+        return [{}]
+
+    @classmethod
+    def memory_fixes(cls, settings: Settings) -> list[MemoryFix]:
+        """Setting changes that lower this backend's memory need; the planner offers only
+        those a recomputed plan shows to fit."""
+        return []
+
+    @classmethod
+    def load(cls, settings: Settings, device: Device) -> Self:
+        """Plan and build in one step (scripts and tests)."""
+        return cls(cls.plan(settings, device))
+
+    @abstractmethod
+    def __init__(self, plan: LoadPlan) -> None: ...
+
+    @property
+    @abstractmethod
+    def info(self) -> EngineInfo: ...
+
+
 @dataclass(frozen=True)
 class Backend(Generic[E]):
     """One engine the product can serve: its name (the ``ASR_ENGINE``/``TTS_ENGINE``
     value), the module holding it (imported on first use, so an optional extra matters
-    only when its engine is chosen) and its engine class. The module has
-    ``plan(settings, device) -> LoadPlan``; the class is built from that plan."""
+    only when its engine is chosen) and its engine class there."""
 
     name: str
     module: str
     engine: str
 
-    def _module(self) -> ModuleType:
-        return importlib.import_module(self.module)
+    @property
+    def engine_class(self) -> type[E]:
+        module: ModuleType = importlib.import_module(self.module)
+        engine: type[E] = getattr(module, self.engine)
+        return engine
 
     def plan(self, settings: Settings, device: Device) -> LoadPlan:
-        """Precision, quantisation, batch size and memory need: no weights loaded."""
-        plan: LoadPlan = self._module().plan(settings, device)
-        return plan
+        return self.engine_class.plan(settings, device)
 
     def load(self, plan: LoadPlan) -> E:
         """Build the engine from its plan: loads the model."""
-        engine: E = getattr(self._module(), self.engine)(plan)
-        return engine
+        return self.engine_class(plan)
 
 
 def pick_backend(backends: Mapping[str, Backend[E]], name: str) -> Backend[E]:
@@ -151,15 +187,11 @@ class AsrResult:
     segments: tuple[AsrSegment, ...] = ()  # only from engines that time their output
 
 
-class AsrEngine(ABC):
+class AsrEngine(Engine):
     """Speech-to-text backend. ``transcribe`` may get several requests at once (batching)."""
 
     sample_rate: int = 16000
     max_batch_size: int = 1
-
-    @property
-    @abstractmethod
-    def info(self) -> EngineInfo: ...
 
     @property
     @abstractmethod
@@ -198,12 +230,8 @@ class TtsRequest:
     language: str | None = None
 
 
-class TtsEngine(ABC):
+class TtsEngine(Engine):
     """Text-to-speech backend: synthesises one chunk of text at a time."""
-
-    @property
-    @abstractmethod
-    def info(self) -> EngineInfo: ...
 
     @property
     @abstractmethod

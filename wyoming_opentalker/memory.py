@@ -76,6 +76,23 @@ class MemoryNeed:
 
 
 @dataclass(frozen=True)
+class MemoryFix:
+    """A settings change that lowers one backend's memory need, with the sentence that
+    offers it. ``rank`` orders fixes from both services together, mildest compromise
+    first: precision, then streaming and chunking, then ASR quantisation and batch, and
+    the TTS talker (whose speed every answer feels) quantised last."""
+
+    rank: int
+    text: str  # e.g. "quantise Qwen3-ASR (QWEN_ASR_QUANT=int8)"
+    change: dict[str, Any]  # Settings fields and their new values
+
+    @property
+    def setting(self) -> str:
+        """The variable(s) the text names: ``QWEN_ASR_QUANT=int8``."""
+        return self.text.split(" (", 1)[1].rstrip(")")
+
+
+@dataclass(frozen=True)
 class TensorHeader:
     dtype: str
     shape: tuple[int, ...]

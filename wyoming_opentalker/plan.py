@@ -18,14 +18,15 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from .asr.service import asr_plan
-from .device import Device, GpuInfo, default_asr_batch_size, gpu_info
-from .memory import HEADROOM_BYTES, MIB, MemoryPlan, gib
+from .backends import ASR_BACKENDS, TTS_BACKENDS
+from .device import Device, GpuInfo, gpu_info
+from .engine import Engine, pick_backend
+from .memory import HEADROOM_BYTES, MIB, MemoryFix, MemoryPlan, gib
 from .settings import Settings, SettingsError, load_settings
 from .tts.service import tts_plan
 
 if TYPE_CHECKING:
     from .engine import LoadPlan
-    from .quant import QuantMode
 
 # Cards users ask about (``--gpu NAME``): size and compute capability.
 GPUS: dict[str, GpuInfo] = {
@@ -69,50 +70,30 @@ def memory_plan(settings: Settings, device: Device) -> MemoryPlan:
     return plan
 
 
-def _qwen(settings: Settings, kind: str) -> bool:
-    if kind not in settings.services:
-        return False
-    return (settings.asr_engine if kind == "asr" else settings.tts_engine).startswith("qwen3")
+def _backends(settings: Settings) -> tuple[type[Engine] | None, type[Engine] | None]:
+    """The configured ASR and TTS engine classes (None for a service not configured)."""
+    asr: type[Engine] = pick_backend(ASR_BACKENDS, settings.asr_engine).engine_class
+    tts: type[Engine] = pick_backend(TTS_BACKENDS, settings.tts_engine).engine_class
+    return (
+        asr if "asr" in settings.services else None,
+        tts if "tts" in settings.services else None,
+    )
 
 
 def _candidates(settings: Settings, device: Device) -> Iterator[Settings]:
-    """Concrete settings for every ``auto`` choice, most preferred first."""
-    asr_modes = _modes(settings.qwen_asr_quant, device) if _qwen(settings, "asr") else ["none"]
-    tts_modes = _modes(settings.qwen_tts_quant, device) if _qwen(settings, "tts") else ["none"]
-    top = default_asr_batch_size(device.gpu)
-    batches = (
-        [b for b in (top, 4, 2, 1) if b <= top]
-        if settings.qwen_asr_max_batch_size is None and _qwen(settings, "asr")
-        else [settings.qwen_asr_max_batch_size]
-    )
-    seen: set[tuple[Any, ...]] = set()
-    for tts_mode in tts_modes:
-        for asr_mode in asr_modes:
-            for batch in dict.fromkeys(batches):
-                key = (tts_mode, asr_mode, batch)
-                if key not in seen:
-                    seen.add(key)
-                    yield replace(
-                        settings,
-                        qwen_asr_quant=asr_mode,
-                        qwen_tts_quant=tts_mode,
-                        qwen_asr_max_batch_size=batch,
-                    )
-
-
-def _modes(configured: str, device: Device) -> list[str]:
-    """Quantisation modes to try for an ``auto`` setting: none first, then int8 where it
-    runs. nf4 is never picked for the user (about 9% output error per layer measured on
-    random weights, its effect on real speech unmeasured); it is offered as a fix."""
-    if configured != "auto":
-        return [configured]
-    if not device.is_cuda or device.gpu is None:
-        return ["none"]
-    from .quant import quant_available
-
-    modes: list[QuantMode] = ["int8"]
-    capability = device.gpu.capability
-    return ["none", *(m for m in modes if quant_available(m, device.name, capability) is None)]
+    """Concrete settings for every ``auto`` choice, most preferred first: the TTS
+    backend's choices vary slowest, so the talker is compromised last."""
+    asr, tts = _backends(settings)
+    asr_choices = asr.auto_choices(settings, device) if asr else [{}]
+    tts_choices = tts.auto_choices(settings, device) if tts else [{}]
+    seen: set[tuple[tuple[str, Any], ...]] = set()
+    for tts_choice in tts_choices:
+        for asr_choice in asr_choices:
+            change = {**asr_choice, **tts_choice}
+            key = tuple(sorted(change.items()))
+            if key not in seen:
+                seen.add(key)
+                yield no_auto_quant(replace(settings, **change))
 
 
 def resolve_plan(settings: Settings, device: Device) -> Plans:
@@ -136,45 +117,13 @@ def resolve_plan(settings: Settings, device: Device) -> Plans:
     return replace(first, memory=replace(first.memory, fixes=found))
 
 
-def _fix_options(settings: Settings) -> list[tuple[str, dict[str, Any]]]:
-    """Changes worth trying, in the order worth trying them."""
-    options: list[tuple[str, dict[str, Any]]] = []
-    asr, tts = _qwen(settings, "asr"), _qwen(settings, "tts")
-    if asr and settings.asr_dtype == "float32":
-        options.append(("load Qwen3-ASR in FP16 (ASR_DTYPE=auto)", {"asr_dtype": "auto"}))
-    if tts and settings.tts_dtype == "float32":
-        options.append(
-            ("load the Qwen3-TTS talker in FP16 (TTS_DTYPE=auto)", {"tts_dtype": "auto"})
-        )
-    if tts and settings.qwen_tts_stream_window == 0:
-        options.append(
-            ("decode speech in windows (QWEN_TTS_STREAM_WINDOW=8)", {"qwen_tts_stream_window": 8})
-        )
-    if tts and (settings.tts_chunk_size == 0 or settings.tts_chunk_size > 200):
-        options.append(("turn TTS chunking on (QWEN_TTS_CHUNK_SIZE=200)", {"tts_chunk_size": 200}))
-    if asr:
-        options += _quant_fixes(settings.qwen_asr_quant, "qwen_asr_quant", "Qwen3-ASR")
-    batch = settings.qwen_asr_max_batch_size
-    for smaller in (2, 1):
-        if asr and (batch is None or batch > smaller):
-            options.append(
-                (
-                    f"decode fewer requests together (QWEN_ASR_MAX_BATCH_SIZE={smaller})",
-                    {"qwen_asr_max_batch_size": smaller},
-                )
-            )
-    if tts:
-        options += _quant_fixes(settings.qwen_tts_quant, "qwen_tts_quant", "the Qwen3-TTS talker")
-    return options
-
-
-def _quant_fixes(current: str, field: str, what: str) -> list[tuple[str, dict[str, Any]]]:
-    """Stronger quantisation than ``current``, as fixes to try."""
-    stronger = {"none": ("int8", "nf4"), "auto": ("int8", "nf4"), "int8": ("nf4",)}
-    return [
-        (f"quantise {what} ({field.upper()}={mode})", {field: mode})
-        for mode in stronger.get(current, ())
-    ]
+def _fix_options(settings: Settings) -> list[MemoryFix]:
+    """The configured backends' fixes, in the order worth trying them."""
+    asr, tts = _backends(settings)
+    return sorted(
+        (fix for engine in (asr, tts) if engine for fix in engine.memory_fixes(settings)),
+        key=lambda fix: fix.rank,
+    )
 
 
 def fixes(settings: Settings, device: Device) -> list[str]:
@@ -182,14 +131,14 @@ def fixes(settings: Settings, device: Device) -> list[str]:
     first, then the fewest of them taken together; one service per card last."""
     options = _fix_options(settings)
     found = [
-        text for text, change in options if memory_plan(replace(settings, **change), device).fits
+        fix.text for fix in options if memory_plan(replace(settings, **fix.change), device).fits
     ]
     if not found:
         combined: dict[str, Any] = {}
         steps: list[str] = []
-        for text, change in options:
-            combined.update(change)
-            steps.append(text.split(" (", 1)[1].rstrip(")"))
+        for fix in options:
+            combined.update(fix.change)
+            steps.append(fix.setting)
             if memory_plan(replace(settings, **combined), device).fits:
                 found.append("together: " + ", ".join(steps))
                 break
@@ -316,11 +265,12 @@ def start_plan(settings: Settings, device: Device) -> Plans:
     nothing is quantised unless asked for."""
     if device.is_cuda and device.gpu is not None:
         return resolve_plan(settings, device)
-    return service_plans(cpu_settings(settings), device)
+    return service_plans(no_auto_quant(settings), device)
 
 
-def cpu_settings(settings: Settings) -> Settings:
-    """On the CPU nothing is quantised unless asked for."""
+def no_auto_quant(settings: Settings) -> Settings:
+    """An ``auto`` quantisation that no backend's choices made concrete (on the CPU, or
+    for an engine that does not quantise) means none, and is shown as such."""
     return replace(
         settings,
         qwen_asr_quant="none" if settings.qwen_asr_quant == "auto" else settings.qwen_asr_quant,

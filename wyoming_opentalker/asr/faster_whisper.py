@@ -88,30 +88,30 @@ def resolve(settings: Settings) -> ResolvedModel:
     return resolve_configured(settings.asr_model, model_source(), settings)
 
 
-def plan(settings: Settings, device: Device) -> LoadPlan:
-    """The compute type, decided once, and its memory need: CTranslate2 holds the weights
-    at the compute type (the file's size, which hub conversions store in float16, scaled
-    to it), plus decoding buffers for the beam."""
-    compute_type = choose_ct2_compute_type(settings.asr_compute_type, device)
-    if settings.asr_model in ("base", "Systran/faster-whisper-base") and _base_installed():
-        size = BASE_SIZE  # known without assembling it
-    else:
-        path = resolve(settings).path / "model.bin"
-        size = path.stat().st_size if path.exists() else 0
-    wanted = 1 if compute_type.startswith("int8") else 4 if compute_type == "float32" else 2
-    need = MemoryNeed(
-        "asr",
-        f"faster-whisper ({compute_type})",
-        size * wanted // 2,
-        int((0.25 + 0.02 * settings.asr_beam_size) * GIB),
-        engine="faster-whisper",
-        precision=compute_type,
-    )
-    return LoadPlan(settings, device, need, f"ASR_COMPUTE_TYPE={settings.asr_compute_type}")
-
-
 class FasterWhisperEngine(AsrEngine):
     """Runs one ``WhisperModel``; batches of one (CTranslate2 decodes one at a time here)."""
+
+    @classmethod
+    def plan(cls, settings: Settings, device: Device) -> LoadPlan:
+        """The compute type, decided once, and its memory need: CTranslate2 holds the weights
+        at the compute type (the file's size, which hub conversions store in float16, scaled
+        to it), plus decoding buffers for the beam."""
+        compute_type = choose_ct2_compute_type(settings.asr_compute_type, device)
+        if settings.asr_model in ("base", "Systran/faster-whisper-base") and _base_installed():
+            size = BASE_SIZE  # known without assembling it
+        else:
+            path = resolve(settings).path / "model.bin"
+            size = path.stat().st_size if path.exists() else 0
+        wanted = 1 if compute_type.startswith("int8") else 4 if compute_type == "float32" else 2
+        need = MemoryNeed(
+            "asr",
+            f"faster-whisper ({compute_type})",
+            size * wanted // 2,
+            int((0.25 + 0.02 * settings.asr_beam_size) * GIB),
+            engine="faster-whisper",
+            precision=compute_type,
+        )
+        return LoadPlan(settings, device, need, f"ASR_COMPUTE_TYPE={settings.asr_compute_type}")
 
     def __init__(self, plan: LoadPlan) -> None:
         import ctranslate2

@@ -44,15 +44,17 @@ from ..languages import CODES, language_name
 from ..memory import (
     BYTES_PER,
     MIB,
+    MemoryFix,
     MemoryNeed,
     checkpoint_bytes,
     read_headers,
 )
 from ..models import ModelSource, ResolvedModel, resolve_configured
+from ..quant import auto_modes, configured_mode, stronger_fixes
 from ..settings import Settings
 
 if TYPE_CHECKING:
-    from ..quant import QuantMode
+    pass
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -81,13 +83,6 @@ def asr_precision(settings: Settings, device: Device) -> PrecisionChoice:
     """``ASR_DTYPE`` if given, else FP16 (on CUDA; the CPU gets FP32)."""
     wanted = Precision.FP16 if settings.asr_dtype == "auto" else Precision(settings.asr_dtype)
     return choose_precision(wanted, device)
-
-
-def asr_quant(settings: Settings) -> QuantMode:
-    """The configured quantisation; ``auto`` is resolved by the start-up planner before
-    the engine is built, so here it can only mean "none"."""
-    mode = settings.qwen_asr_quant
-    return "none" if mode == "auto" else mode  # type: ignore[return-value]
 
 
 def quantisable(name: str) -> bool:
@@ -176,36 +171,6 @@ def working_bytes(shape: KvShape, element: int, batch: int, settings: Settings) 
     return _WORKING_FIXED + kv + prefill + scores + last_logits + tower
 
 
-def plan(settings: Settings, device: Device) -> LoadPlan:
-    """Precision, quantisation and batch size, decided once; and the memory need they
-    give: weights as they will be resident (tied head once, quantised linears at their
-    packed size), plus one full batch's working memory."""
-    choice = asr_precision(settings, device)
-    precision = choice.precision
-    path = resolve(settings).path
-    headers = read_headers(path)
-    config = json.loads((path / "config.json").read_text())
-    tied = bool(config["thinker_config"]["text_config"].get("tie_word_embeddings", False))
-    skip = {"thinker.lm_head.weight"} if tied else set()
-    quant = asr_quant(settings)
-    weights = checkpoint_bytes(headers, precision, quant, quantisable, skip=skip)
-    batch = settings.qwen_asr_max_batch_size or default_asr_batch_size(device.gpu)
-    working = working_bytes(text_shape(path), BYTES_PER[precision], batch, settings)
-    budget = token_budget(batch, settings.qwen_asr_max_new_tokens)
-    detail = f"batch up to {batch}, {budget} tokens, {PIECE_SECONDS:g} s pieces"
-    need = MemoryNeed(
-        "asr",
-        f"Qwen3-ASR ({precision.value}{'' if quant == 'none' else ', ' + quant}, {detail})",
-        weights,
-        working,
-        engine="qwen3-asr",
-        precision=precision.value,
-        quantization=quant,
-        detail=detail,
-    )
-    return LoadPlan(settings, device, need, choice.reason, batch)
-
-
 class _NonFinite:
     """Flags, per batch row, logits that are inf or NaN (an FP16 overflow) without a
     device sync per step: read once after ``generate``."""
@@ -222,6 +187,64 @@ class _NonFinite:
 
 class Qwen3AsrEngine(AsrEngine):
     """``Qwen3ASRModel`` loaded through its own ``from_pretrained``, like real weights."""
+
+    @classmethod
+    def plan(cls, settings: Settings, device: Device) -> LoadPlan:
+        """Precision, quantisation and batch size, decided once; and the memory need they
+        give: weights as they will be resident (tied head once, quantised linears at their
+        packed size), plus one full batch's working memory."""
+        choice = asr_precision(settings, device)
+        precision = choice.precision
+        path = resolve(settings).path
+        headers = read_headers(path)
+        config = json.loads((path / "config.json").read_text())
+        tied = bool(config["thinker_config"]["text_config"].get("tie_word_embeddings", False))
+        skip = {"thinker.lm_head.weight"} if tied else set()
+        quant = configured_mode(settings.qwen_asr_quant)
+        weights = checkpoint_bytes(headers, precision, quant, quantisable, skip=skip)
+        batch = settings.qwen_asr_max_batch_size or default_asr_batch_size(device.gpu)
+        working = working_bytes(text_shape(path), BYTES_PER[precision], batch, settings)
+        budget = token_budget(batch, settings.qwen_asr_max_new_tokens)
+        detail = f"batch up to {batch}, {budget} tokens, {PIECE_SECONDS:g} s pieces"
+        need = MemoryNeed(
+            "asr",
+            f"Qwen3-ASR ({precision.value}{'' if quant == 'none' else ', ' + quant}, {detail})",
+            weights,
+            working,
+            engine="qwen3-asr",
+            precision=precision.value,
+            quantization=quant,
+            detail=detail,
+        )
+        return LoadPlan(settings, device, need, choice.reason, batch)
+
+    @classmethod
+    def auto_choices(cls, settings: Settings, device: Device) -> list[dict[str, Any]]:
+        """Quantisation (none before int8) and, unless configured, the batch size: the
+        card's default first, then smaller."""
+        top = default_asr_batch_size(device.gpu)
+        configured = settings.qwen_asr_max_batch_size
+        batches = [configured] if configured else [b for b in (top, 4, 2, 1) if b <= top]
+        return [
+            {"qwen_asr_quant": mode, "qwen_asr_max_batch_size": batch}
+            for mode in auto_modes(settings.qwen_asr_quant, device)
+            for batch in dict.fromkeys(batches)
+        ]
+
+    @classmethod
+    def memory_fixes(cls, settings: Settings) -> list[MemoryFix]:
+        fixes = []
+        if settings.asr_dtype == "float32":
+            fixes.append(
+                MemoryFix(10, "load Qwen3-ASR in FP16 (ASR_DTYPE=auto)", {"asr_dtype": "auto"})
+            )
+        fixes += stronger_fixes(settings.qwen_asr_quant, "qwen_asr_quant", "Qwen3-ASR", 50)
+        batch = settings.qwen_asr_max_batch_size
+        for step, smaller in enumerate((2, 1)):
+            if batch is None or batch > smaller:
+                text = f"decode fewer requests together (QWEN_ASR_MAX_BATCH_SIZE={smaller})"
+                fixes.append(MemoryFix(60 + step, text, {"qwen_asr_max_batch_size": smaller}))
+        return fixes
 
     def __init__(self, plan: LoadPlan) -> None:
         from ..quant import quant_available, quiet_import_warnings

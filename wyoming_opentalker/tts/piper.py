@@ -120,18 +120,6 @@ def _fetch_voice(name: str, path: str, settings: Settings, local_files_only: boo
     return onnx
 
 
-def plan(settings: Settings, device: Device) -> LoadPlan:
-    """Piper runs in FP32 everywhere. Its memory need under ONNX Runtime's CUDA provider:
-    the voices' weights plus its arena. A voice not yet downloaded counts as a typical
-    medium voice (nothing is fetched for an estimate)."""
-    files, missing = _voice_files_of(settings, download=False)
-    size = sum(file.stat().st_size for file in files) + missing * TYPICAL_VOICE_BYTES
-    need = MemoryNeed(
-        "tts", "Piper (float32)", size, int(0.25 * GIB), engine="piper", precision="float32"
-    )
-    return LoadPlan(settings, device, need, "ONNX voices are float32")
-
-
 @dataclass
 class _LoadedVoice:
     voice: Any  # piper.PiperVoice
@@ -176,6 +164,18 @@ def _load_voice(file: Path, config: dict[str, Any], use_cuda: bool) -> Any:
 class PiperEngine(TtsEngine):
     """One or more Piper voices (by name, ``.onnx`` files or folders of them). Voices of
     different sample rates are served at the highest one."""
+
+    @classmethod
+    def plan(cls, settings: Settings, device: Device) -> LoadPlan:
+        """Piper runs in FP32 everywhere. Its memory need under ONNX Runtime's CUDA provider:
+        the voices' weights plus its arena. A voice not yet downloaded counts as a typical
+        medium voice (nothing is fetched for an estimate)."""
+        files, missing = _voice_files_of(settings, download=False)
+        size = sum(file.stat().st_size for file in files) + missing * TYPICAL_VOICE_BYTES
+        need = MemoryNeed(
+            "tts", "Piper (float32)", size, int(0.25 * GIB), engine="piper", precision="float32"
+        )
+        return LoadPlan(settings, device, need, "ONNX voices are float32")
 
     def __init__(self, plan: LoadPlan) -> None:
         import onnxruntime

@@ -44,8 +44,9 @@ from ..device import (
 )
 from ..engine import EngineError, EngineInfo, LoadPlan, TtsEngine, TtsRequest, Voice
 from ..languages import CODES, NAMES
-from ..memory import BYTES_PER, GIB, MIB, MemoryNeed, checkpoint_bytes, read_headers
+from ..memory import BYTES_PER, GIB, MIB, MemoryFix, MemoryNeed, checkpoint_bytes, read_headers
 from ..models import ModelSource, ResolvedModel, resolve_configured
+from ..quant import auto_modes, configured_mode, stronger_fixes
 from ..settings import Settings
 from .qwen3_codec import StreamingCodec
 from .qwen3_loop import LeanTalker, Overflow, Prompt, unsupported
@@ -235,44 +236,6 @@ def working_bytes(path: Path, element: int, settings: Settings) -> int:
     )
 
 
-def tts_quant(settings: Settings) -> QuantMode:
-    """The configured quantisation; ``auto`` has been resolved by the start-up planner."""
-    mode = settings.qwen_tts_quant
-    return "none" if mode == "auto" else mode  # type: ignore[return-value]
-
-
-def plan(settings: Settings, device: Device) -> LoadPlan:
-    """The talker's precision and quantisation, decided once, and the memory need they
-    give: the talker at its precision (text embedding in CPU memory), the codec decoder
-    in FP32, and one chunk's working memory."""
-    choice = tts_precision(device, settings.tts_dtype)
-    precision = choice.precision
-    path = resolve(settings).path
-    quant = tts_quant(settings)
-    talker = read_headers(path)
-    codec = read_headers(path / "speech_tokenizer")
-    weights = checkpoint_bytes(talker, precision, quant, quantisable, include=talker_resident)
-    weights += checkpoint_bytes(codec, Precision.FP32, "none", quantisable, include=codec_resident)
-    cpu = sum(t.numel * BYTES_PER[precision] for n, t in talker.items() if "text_embedding" in n)
-    detail = (
-        f"chunk {settings.tts_chunk_size or 'off'}, "
-        f"window {settings.qwen_tts_stream_window or 'off'}"
-    )
-    need = MemoryNeed(
-        "tts",
-        f"Qwen3-TTS ({precision.value}{'' if quant == 'none' else ', ' + quant}, "
-        f"codec float32, {detail})",
-        weights,
-        working_bytes(path, BYTES_PER[precision], settings),
-        engine="qwen3-tts",
-        precision=precision.value,
-        quantization=quant,
-        cpu=cpu,
-        detail=detail,
-    )
-    return LoadPlan(settings, device, need, choice.reason)
-
-
 class CpuEmbedding:
     """The talker's text embedding kept in CPU memory: rows are looked up there and only
     those rows move to the GPU for the projection. A plain attribute, not a submodule,
@@ -344,6 +307,62 @@ def load_lean(path: str, dtype: Any, device: str, quant: QuantMode = "none") -> 
 
 class Qwen3TtsEngine(TtsEngine):
     """``Qwen3TTSModel`` loaded through its own ``from_pretrained``, like real weights."""
+
+    @classmethod
+    def plan(cls, settings: Settings, device: Device) -> LoadPlan:
+        """The talker's precision and quantisation, decided once, and the memory need they
+        give: the talker at its precision (text embedding in CPU memory), the codec decoder
+        in FP32, and one chunk's working memory."""
+        choice = tts_precision(device, settings.tts_dtype)
+        precision = choice.precision
+        path = resolve(settings).path
+        quant = configured_mode(settings.qwen_tts_quant)
+        talker = read_headers(path)
+        codec = read_headers(path / "speech_tokenizer")
+        weights = checkpoint_bytes(talker, precision, quant, quantisable, include=talker_resident)
+        weights += checkpoint_bytes(
+            codec, Precision.FP32, "none", quantisable, include=codec_resident
+        )
+        cpu = sum(
+            t.numel * BYTES_PER[precision] for n, t in talker.items() if "text_embedding" in n
+        )
+        detail = (
+            f"chunk {settings.tts_chunk_size or 'off'}, "
+            f"window {settings.qwen_tts_stream_window or 'off'}"
+        )
+        need = MemoryNeed(
+            "tts",
+            f"Qwen3-TTS ({precision.value}{'' if quant == 'none' else ', ' + quant}, "
+            f"codec float32, {detail})",
+            weights,
+            working_bytes(path, BYTES_PER[precision], settings),
+            engine="qwen3-tts",
+            precision=precision.value,
+            quantization=quant,
+            cpu=cpu,
+            detail=detail,
+        )
+        return LoadPlan(settings, device, need, choice.reason)
+
+    @classmethod
+    def auto_choices(cls, settings: Settings, device: Device) -> list[dict[str, Any]]:
+        return [{"qwen_tts_quant": mode} for mode in auto_modes(settings.qwen_tts_quant, device)]
+
+    @classmethod
+    def memory_fixes(cls, settings: Settings) -> list[MemoryFix]:
+        fixes = []
+        if settings.tts_dtype == "float32":
+            text = "load the Qwen3-TTS talker in FP16 (TTS_DTYPE=auto)"
+            fixes.append(MemoryFix(20, text, {"tts_dtype": "auto"}))
+        if settings.qwen_tts_stream_window == 0:
+            text = "decode speech in windows (QWEN_TTS_STREAM_WINDOW=8)"
+            fixes.append(MemoryFix(30, text, {"qwen_tts_stream_window": 8}))
+        if settings.tts_chunk_size == 0 or settings.tts_chunk_size > 200:
+            text = "turn TTS chunking on (QWEN_TTS_CHUNK_SIZE=200)"
+            fixes.append(MemoryFix(40, text, {"tts_chunk_size": 200}))
+        return fixes + stronger_fixes(
+            settings.qwen_tts_quant, "qwen_tts_quant", "the Qwen3-TTS talker", 70
+        )
 
     def __init__(self, plan: LoadPlan) -> None:
         from ..quant import quant_available, quiet_import_warnings
