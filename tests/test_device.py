@@ -99,3 +99,15 @@ def test_cuda_without_a_gpu_is_one_clear_line() -> None:
 
     with pytest.raises(DeviceUnavailable, match=r"DEVICE=cuda .* DEVICE=auto .*Toolkit"):
         resolve_device("cuda")
+
+
+def test_device_is_parsed_once_into_a_value() -> None:
+    """DEVICE's forms become one value the engines, the planner and health all read."""
+    assert Device.parse("cpu") == CPU and not CPU.is_cuda and CPU.name == "cpu"
+    second = Device.parse("CUDA:1", AMPERE)
+    assert second.is_cuda and second.index == 1 and second.gpu is AMPERE
+    assert str(second) == "cuda:1" and Device.parse("cuda").name == "cuda:0"
+    assert Device.of(second) is second and Device.of("cpu") == CPU
+    for bad in ("gpu", "cuda:x", "cpu:0", ""):
+        with pytest.raises(ValueError, match="expected auto, cpu, cuda or cuda:N"):
+            Device.parse(bad)
