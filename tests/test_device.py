@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from wyoming_opentalker.device import (
@@ -50,7 +52,7 @@ def test_precision(
     fallback: Precision | None,
     expected: Precision,
 ) -> None:
-    choice = choose_precision(wanted, Device.parse(device, gpu), fallback=fallback)
+    choice = choose_precision(wanted, replace(Device.parse(device), gpu=gpu), fallback=fallback)
     assert choice.precision is expected
     assert choice.reason
 
@@ -73,7 +75,7 @@ def test_pascal_reason_names_the_missing_bf16() -> None:
     ],
 )
 def test_ct2_compute_type(requested: str, device: str, gpu: GpuInfo | None, expected: str) -> None:
-    assert choose_ct2_compute_type(requested, Device.parse(device, gpu)) == expected
+    assert choose_ct2_compute_type(requested, replace(Device.parse(device), gpu=gpu)) == expected
 
 
 def test_unknown_compute_type() -> None:
@@ -104,7 +106,7 @@ def test_cuda_without_a_gpu_is_one_clear_line() -> None:
 def test_device_is_parsed_once_into_a_value() -> None:
     """DEVICE's forms become one value the engines, the planner and health all read."""
     assert Device.parse("cpu") == CPU and not CPU.is_cuda and CPU.name == "cpu"
-    second = Device.parse("CUDA:1", AMPERE)
+    second = replace(Device.parse("CUDA:1"), gpu=AMPERE)
     assert second.is_cuda and second.index == 1 and second.gpu is AMPERE
     assert str(second) == "cuda:1" and Device.parse("cuda").name == "cuda:0"
     assert Device.of(second) is second and Device.of("cpu") == CPU

@@ -197,18 +197,6 @@ def test_torchao_import_warnings_can_be_kept_out_of_the_log() -> None:
     assert "Failed to load" not in run.stderr and "register_constant" not in run.stderr
 
 
-def test_default_policy() -> None:
-    gib = 1024**3
-    for engine in ("qwen3-asr", "qwen3-tts"):
-        assert quant.default_quant(None, None, engine) == "none"  # CPU
-        assert quant.default_quant((6, 1), 4 * gib, engine) == "int8"  # GTX 1050 Ti
-        assert quant.default_quant((7, 5), 4 * gib, engine) == "int8"  # GTX 1650
-        assert quant.default_quant((7, 5), 6 * gib, engine) == "none"  # RTX 2060
-        assert quant.default_quant((8, 6), 24 * gib, engine) == "none"  # RTX 3090
-    with pytest.raises(ValueError, match="piper"):
-        quant.default_quant((7, 5), 4 * gib, "piper")
-
-
 # --- the tiny Qwen checkpoints, loaded through the packages' own from_pretrained
 
 

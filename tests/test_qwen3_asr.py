@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -159,4 +160,4 @@ def test_asr_dtype_per_device(
     env: dict[str, str], device: str, gpu: GpuInfo | None, expected: Precision
 ) -> None:
     settings = load_settings([], env)
-    assert asr_precision(settings, Device.parse(device, gpu)).precision is expected
+    assert asr_precision(settings, replace(Device.parse(device), gpu=gpu)).precision is expected

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -376,7 +377,7 @@ def test_out_of_memory_retries_smaller_then_reports(engine: Any, monkeypatch: An
 def test_tts_precision_per_device(gpu: GpuInfo | None, device: str, expected: Precision) -> None:
     from wyoming_opentalker.tts.qwen3_tts import tts_precision
 
-    assert tts_precision(Device.parse(device, gpu)).precision is expected
+    assert tts_precision(replace(Device.parse(device), gpu=gpu)).precision is expected
 
 
 def test_time_budget_sanity(engine: Any) -> None:

@@ -68,11 +68,6 @@ async def describe(port: int, host: str = "127.0.0.1") -> Info:
         return Info.from_event(event)
 
 
-def pcm16(audio: np.ndarray) -> bytes:
-    data: bytes = (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
-    return data
-
-
 def audio_events(
     pcm: bytes, rate: int, width: int, channels: int, samples_per_chunk: int = 1024
 ) -> list[Event]:

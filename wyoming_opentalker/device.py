@@ -56,19 +56,19 @@ class Device:
     gpu: GpuInfo | None = None  # None on the CPU, or when the GPU could not be described
 
     @classmethod
-    def parse(cls, name: str, gpu: GpuInfo | None = None) -> Device:
-        """``cpu``, ``cuda`` or ``cuda:N``, with ``gpu`` as given (nothing is probed)."""
+    def parse(cls, name: str) -> Device:
+        """``cpu``, ``cuda`` or ``cuda:N``; nothing is probed (``resolve_device`` does)."""
         kind, _, index = name.strip().lower().partition(":")
         if kind == "cpu" and not index:
             return cls()
         if kind == "cuda" and (not index or index.isdigit()):
-            return cls("cuda", int(index or 0), gpu)
+            return cls("cuda", int(index or 0))
         raise ValueError("expected auto, cpu, cuda or cuda:N")
 
     @classmethod
-    def of(cls, device: Device | str, gpu: GpuInfo | None = None) -> Device:
-        """``device`` as a ``Device``: scripts and tests may still write ``"cpu"``."""
-        return device if isinstance(device, Device) else cls.parse(device, gpu)
+    def of(cls, device: Device | str) -> Device:
+        """``device`` as a ``Device``: scripts may still write ``"cpu"``."""
+        return device if isinstance(device, Device) else cls.parse(device)
 
     @property
     def is_cuda(self) -> bool:

@@ -143,16 +143,14 @@ class ZeroconfAdvertiser:
             _LOGGER.info("Zeroconf: withdrawn %s", ", ".join(self.names))
 
 
-async def announce_to_supervisor(
-    endpoints: Sequence[Endpoint], token: str, api: str | None = None
-) -> list[str]:
+async def announce_to_supervisor(endpoints: Sequence[Endpoint], token: str) -> list[str]:
     """Inside a Home Assistant add-on: once each server answers ``describe``, tell the
     Supervisor its URI (the add-on's hostname is what Home Assistant can reach)."""
     import aiohttp
 
     from .client import describe
 
-    api = api or os.environ.get("SUPERVISOR_API", SUPERVISOR_API)
+    api = os.environ.get("SUPERVISOR_API", SUPERVISOR_API)
     hostname = socket.gethostname()
     announced = []
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import importlib
-import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -20,8 +19,6 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 import numpy as np
-
-_LOGGER = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from typing import Self
@@ -47,7 +44,7 @@ class EngineError(RuntimeError):
 @dataclass(frozen=True)
 class LoadPlan:
     """One backend's decisions for these settings on this device, made once (by its
-    module's ``plan``): the start-up memory check reads ``need``, and the engine is built
+    engine class's ``plan``): the start-up memory check reads ``need``, and the engine is built
     from the same plan, so the two can never disagree."""
 
     settings: Settings

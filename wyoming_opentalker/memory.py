@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 import struct
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -102,10 +102,10 @@ class TensorHeader:
         return math.prod(self.shape)
 
 
-def read_headers(folder: Path, pattern: str = "*.safetensors") -> dict[str, TensorHeader]:
+def read_headers(folder: Path) -> dict[str, TensorHeader]:
     """Every tensor's name, dtype and shape from safetensors headers (no weights read)."""
     tensors: dict[str, TensorHeader] = {}
-    for file in sorted(folder.glob(pattern)):
+    for file in sorted(folder.glob("*.safetensors")):
         with file.open("rb") as handle:
             (size,) = struct.unpack("<Q", handle.read(8))
             header = json.loads(handle.read(size))
@@ -113,12 +113,6 @@ def read_headers(folder: Path, pattern: str = "*.safetensors") -> dict[str, Tens
             if key != "__metadata__" and entry.get("dtype") in _SAFETENSORS_BYTES:
                 tensors[key] = TensorHeader(entry["dtype"], tuple(entry["shape"]))
     return tensors
-
-
-def safetensors_parameters(folder: Path, *, recursive: bool = False) -> int:
-    """Parameter count of a checkpoint, read from the tensor headers (no weights loaded)."""
-    pattern = "**/*.safetensors" if recursive else "*.safetensors"
-    return sum(t.numel for t in read_headers(folder, pattern).values())
 
 
 def checkpoint_bytes(
@@ -217,13 +211,12 @@ class MemoryPlan:
         }
 
 
-def check_plan(plan: MemoryPlan, suggestions: Sequence[str] | None = None) -> None:
+def check_plan(plan: MemoryPlan) -> None:
     """Raise with one line if the plan does not fit; the fixes are those that were shown
     to make it fit, best first."""
     if plan.fits:
         return
-    fixes = list(plan.fixes if suggestions is None else suggestions)
-    fix = "; or ".join(fixes[:2]) if fixes else "use smaller models or DEVICE=cpu"
+    fix = "; or ".join(plan.fixes[:2]) if plan.fixes else "use smaller models or DEVICE=cpu"
     raise InsufficientGpuMemory(
         f"the configured models need about {gib(plan.total)} of GPU memory but "
         f"{plan.gpu.name} has {gib(plan.available)}: {fix} "

@@ -57,7 +57,7 @@ class ModelSource:
 
 @dataclass(frozen=True)
 class ResolvedModel:
-    """Where a model's files are, and how they were found (logged at start-up)."""
+    """Where a model's files are, and how they were found."""
 
     path: Path
     name: str

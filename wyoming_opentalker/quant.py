@@ -49,7 +49,6 @@ NF4_BLOCK = 64
 NF4_SCALE_GROUP = 256
 NF4_TABLE_BYTES = 16 * 4 + 256 * 4 + 4
 _ITEMSIZE = {Precision.FP32: 4, Precision.FP16: 2, Precision.BF16: 2}
-GIB = 1024**3
 
 
 class QuantUnavailable(RuntimeError):
@@ -180,7 +179,7 @@ def _int8_group(in_features: int, precision: Precision) -> int:
     return next((group for group in INT8_FP16_GROUPS if in_features % group == 0), -1)
 
 
-def convertible(mode: QuantMode, out_features: int, in_features: int, dtype: Any) -> bool:
+def convertible(mode: QuantMode, in_features: int, dtype: Any) -> bool:
     """Whether ``mode`` takes a linear of this shape and dtype (others stay unquantised)."""
     if mode == "none":
         return False
@@ -198,7 +197,7 @@ def quantized_weight_bytes(shapes: Iterable[tuple[int, int]], mode: QuantMode, d
     total = 0
     for out_features, in_features in shapes:
         weights = out_features * in_features
-        if not convertible(mode, out_features, in_features, precision):
+        if not convertible(mode, in_features, precision):
             total += weights * _ITEMSIZE[precision]
         elif mode == "int8":
             group = _int8_group(in_features, precision)
@@ -239,7 +238,7 @@ def _candidates(module: Any, mode: QuantMode, skip: SkipFn | None) -> tuple[list
                 or id(weight) in tied
                 or not weight.dtype.is_floating_point
                 or type(weight) is not nn.Parameter
-                or not convertible(mode, child.out_features, child.in_features, weight.dtype)
+                or not convertible(mode, child.in_features, weight.dtype)
             ):
                 skipped += 1
                 continue
@@ -247,12 +246,10 @@ def _candidates(module: Any, mode: QuantMode, skip: SkipFn | None) -> tuple[list
     return chosen, skipped
 
 
-def linear_shapes(
-    module: Any, mode: QuantMode = "int8", *, skip: SkipFn | None = None
-) -> list[tuple[int, int]]:
+def linear_shapes(module: Any, mode: QuantMode = "int8") -> list[tuple[int, int]]:
     """``(out_features, in_features)`` of the linears ``quantize_linears`` would convert;
     works on a model built on the meta device (no weights)."""
-    chosen, _ = _candidates(module, mode, skip)
+    chosen, _ = _candidates(module, mode, None)
     return [(linear.out_features, linear.in_features) for _, _, _, linear in chosen]
 
 
@@ -413,27 +410,3 @@ def quantize_linears(
     report = QuantReport(mode, len(chosen), skipped, before, after, library)
     _LOGGER.debug("%s", report.summary())
     return report
-
-
-def default_quant(
-    capability: tuple[int, int] | None, total_bytes: int | None, engine: str
-) -> QuantMode:
-    """The quantisation an engine starts with when none is configured.
-
-    * CPU (``capability`` None): ``none``. RAM is not the limit there, and the int8
-      path casts every weight on every call: 1.2-2.4x slower on a 64-token prefill and
-      8-10x on one decode token, measured with Qwen-shaped layers in FP32.
-    * GPUs under 5 GiB (the 4 GB GTX 1050 Ti and GTX 1650): ``int8`` for both Qwen
-      engines. It halves their linears (FP16 Qwen3-ASR 1.457 -> 0.900 GiB, the TTS
-      talker without its CPU-resident text embedding 1.108 -> 0.606 GiB), which puts ASR
-      and TTS together on a 4 GB card with headroom, at 0.5-0.8% relative output error
-      per layer.
-    * Larger GPUs: ``none``: 16-bit fits, and int8's per-call cast costs speed.
-
-    ``nf4`` is never the default: 9% output error per layer on random weights, and its
-    effect on real speech is unmeasured here."""
-    if engine not in ("qwen3-asr", "qwen3-tts"):
-        raise ValueError(f"no quantisation policy for engine {engine!r}")
-    if capability is None or total_bytes is None:
-        return "none"
-    return "int8" if total_bytes < 5 * GIB else "none"

@@ -32,6 +32,8 @@ from .engine import EngineError
 from .settings import Settings
 
 _LOGGER = logging.getLogger(__name__)
+# How long a connection closed after an error keeps discarding the client's input.
+LINGER_SECONDS = 3.0
 T = TypeVar("T")
 
 
@@ -193,7 +195,7 @@ class Handler(ABC):
         self._failed.set()
         await self.send_error(text, code)
 
-    async def _linger(self, seconds: float = 3.0) -> None:
+    async def _linger(self) -> None:
         """Close politely after an error: send FIN, then discard what the client is
         still sending. Closing with unread input makes the kernel send a reset, which
         can destroy the error event before the client reads it.
@@ -202,7 +204,7 @@ class Handler(ABC):
             if self.writer.can_write_eof():
                 self.writer.write_eof()
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + seconds
+        deadline = loop.time() + LINGER_SECONDS
         with contextlib.suppress(OSError, TimeoutError, asyncio.LimitOverrunError):
             while (remaining := deadline - loop.time()) > 0:
                 if not await asyncio.wait_for(self.reader.read(1 << 16), remaining):

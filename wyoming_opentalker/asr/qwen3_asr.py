@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -52,9 +52,6 @@ from ..memory import (
 from ..models import ModelSource, ResolvedModel, resolve_configured
 from ..quant import auto_modes, configured_mode, stronger_fixes
 from ..settings import Settings
-
-if TYPE_CHECKING:
-    pass
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -326,10 +323,6 @@ class Qwen3AsrEngine(AsrEngine):
     @property
     def languages(self) -> list[str]:
         return self._languages
-
-    @property
-    def detects_language(self) -> bool:
-        return True
 
     def transcribe(self, requests: Sequence[AsrRequest]) -> list[AsrResult | EngineError]:
         """Cut each request into pieces, decode them in batches of at most

@@ -194,7 +194,6 @@ class Stack:
         self.values = make(shape, dtype=cos.dtype, device=weight.device)
         self.cos = cos[:capacity]
         self.sin = sin[:capacity]
-        self.capacity = capacity
         self.slots = torch.arange(capacity, device=weight.device)
 
     def _attend(self, layer: _Layer, x: Any, cos: Any, sin: Any, store: Callable[..., Any]) -> Any:
