@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from .quant import QuantMode
 
 from .device import GpuInfo, Precision
+from .settings import variable
 
 GIB = 1024**3
 MIB = 1024**2
@@ -83,13 +84,18 @@ class MemoryFix:
     the TTS talker (whose speed every answer feels) quantised last."""
 
     rank: int
-    text: str  # e.g. "quantise Qwen3-ASR (QWEN_ASR_QUANT=int8)"
+    what: str  # e.g. "quantise Qwen3-ASR"
     change: dict[str, Any]  # Settings fields and their new values
 
     @property
     def setting(self) -> str:
-        """The variable(s) the text names: ``QWEN_ASR_QUANT=int8``."""
-        return self.text.split(" (", 1)[1].rstrip(")")
+        """The change as users write it, from the settings' declaration:
+        ``QWEN_ASR_QUANT=int8``."""
+        return ", ".join(f"{variable(name)}={value}" for name, value in self.change.items())
+
+    @property
+    def text(self) -> str:
+        return f"{self.what} ({self.setting})"
 
 
 @dataclass(frozen=True)

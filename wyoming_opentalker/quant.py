@@ -376,7 +376,7 @@ def stronger_fixes(setting: str, field: str, what: str, rank: int) -> list[Memor
     """Stronger quantisation than ``setting`` (a ``*_QUANT`` value), as memory fixes."""
     stronger = {"none": ("int8", "nf4"), "auto": ("int8", "nf4"), "int8": ("nf4",)}
     return [
-        MemoryFix(rank + step, f"quantise {what} ({field.upper()}={mode})", {field: mode})
+        MemoryFix(rank + step, f"quantise {what}", {field: mode})
         for step, mode in enumerate(stronger.get(setting, ()))
     ]
 

@@ -476,6 +476,13 @@ _BY_KEY = {option.key: option for option in OPTIONS} | _BY_NAME
 _TYPES = get_type_hints(Settings)
 
 
+def variable(name: str) -> str:
+    """How users write the setting of field ``name``: its environment variable (every
+    setting a memory fix changes has one), else its flag."""
+    option = _BY_NAME[name]
+    return option.env or option.flag
+
+
 @dataclass(frozen=True)
 class Legacy:
     """An old setting folded into a newer one: its value is translated, and the newer

@@ -232,15 +232,13 @@ class Qwen3AsrEngine(AsrEngine):
     def memory_fixes(cls, settings: Settings) -> list[MemoryFix]:
         fixes = []
         if settings.asr_dtype == "float32":
-            fixes.append(
-                MemoryFix(10, "load Qwen3-ASR in FP16 (ASR_DTYPE=auto)", {"asr_dtype": "auto"})
-            )
+            fixes.append(MemoryFix(10, "load Qwen3-ASR in FP16", {"asr_dtype": "auto"}))
         fixes += stronger_fixes(settings.qwen_asr_quant, "qwen_asr_quant", "Qwen3-ASR", 50)
         batch = settings.qwen_asr_max_batch_size
         for step, smaller in enumerate((2, 1)):
             if batch is None or batch > smaller:
-                text = f"decode fewer requests together (QWEN_ASR_MAX_BATCH_SIZE={smaller})"
-                fixes.append(MemoryFix(60 + step, text, {"qwen_asr_max_batch_size": smaller}))
+                change = {"qwen_asr_max_batch_size": smaller}
+                fixes.append(MemoryFix(60 + step, "decode fewer requests together", change))
         return fixes
 
     def __init__(self, plan: LoadPlan) -> None:

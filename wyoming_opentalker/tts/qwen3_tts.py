@@ -352,14 +352,11 @@ class Qwen3TtsEngine(TtsEngine):
     def memory_fixes(cls, settings: Settings) -> list[MemoryFix]:
         fixes = []
         if settings.tts_dtype == "float32":
-            text = "load the Qwen3-TTS talker in FP16 (TTS_DTYPE=auto)"
-            fixes.append(MemoryFix(20, text, {"tts_dtype": "auto"}))
+            fixes.append(MemoryFix(20, "load the Qwen3-TTS talker in FP16", {"tts_dtype": "auto"}))
         if settings.qwen_tts_stream_window == 0:
-            text = "decode speech in windows (QWEN_TTS_STREAM_WINDOW=8)"
-            fixes.append(MemoryFix(30, text, {"qwen_tts_stream_window": 8}))
+            fixes.append(MemoryFix(30, "decode speech in windows", {"qwen_tts_stream_window": 8}))
         if settings.tts_chunk_size == 0 or settings.tts_chunk_size > 200:
-            text = "turn TTS chunking on (QWEN_TTS_CHUNK_SIZE=200)"
-            fixes.append(MemoryFix(40, text, {"tts_chunk_size": 200}))
+            fixes.append(MemoryFix(40, "turn TTS chunking on", {"tts_chunk_size": 200}))
         return fixes + stronger_fixes(
             settings.qwen_tts_quant, "qwen_tts_quant", "the Qwen3-TTS talker", 70
         )
