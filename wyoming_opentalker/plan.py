@@ -22,6 +22,7 @@ from .backends import ASR_BACKENDS, TTS_BACKENDS
 from .device import Device, GpuInfo, gpu_info
 from .engine import Engine, pick_backend
 from .memory import HEADROOM_BYTES, MIB, MemoryFix, MemoryPlan, gib
+from .quant import configured_mode
 from .settings import Settings, SettingsError, load_settings
 from .tts.service import tts_plan
 
@@ -50,15 +51,14 @@ class Plans:
 
 
 def service_plans(settings: Settings, device: Device) -> Plans:
-    """Each configured service's load plan; on a described GPU, their memory plan (in
-    start-up order). Nothing is loaded."""
+    """Each configured service's load plan; on a described GPU, their memory plan (ASR
+    first, the order start-up loads them in). Nothing is loaded."""
     asr = asr_plan(settings, device) if "asr" in settings.services else None
     tts = tts_plan(settings, device) if "tts" in settings.services else None
     memory = None
     if device.is_cuda and device.gpu is not None:
-        loads = {"asr": asr, "tts": tts}
-        needs = (load.need for kind in settings.services if (load := loads[kind]) is not None)
-        memory = MemoryPlan(tuple(needs), device.gpu)
+        needs = tuple(load.need for load in (asr, tts) if load is not None)
+        memory = MemoryPlan(needs, device.gpu)
     return Plans(settings, asr, tts, memory)
 
 
@@ -273,6 +273,6 @@ def no_auto_quant(settings: Settings) -> Settings:
     for an engine that does not quantise) means none, and is shown as such."""
     return replace(
         settings,
-        qwen_asr_quant="none" if settings.qwen_asr_quant == "auto" else settings.qwen_asr_quant,
-        qwen_tts_quant="none" if settings.qwen_tts_quant == "auto" else settings.qwen_tts_quant,
+        qwen_asr_quant=configured_mode(settings.qwen_asr_quant),
+        qwen_tts_quant=configured_mode(settings.qwen_tts_quant),
     )
