@@ -134,8 +134,9 @@ def main() -> None:
 
     import wyoming_opentalker.asr.qwen3_asr as qasr
     import wyoming_opentalker.tts.qwen3_tts as qtts
-    from wyoming_opentalker.device import CPU, Precision, PrecisionChoice, weight_bytes
+    from wyoming_opentalker.device import CPU, Precision, PrecisionChoice
     from wyoming_opentalker.engine import AsrRequest, TtsRequest
+    from wyoming_opentalker.quant import weight_bytes
     from wyoming_opentalker.settings import load_settings
 
     torch.set_num_threads(2)

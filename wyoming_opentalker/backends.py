@@ -1,16 +1,32 @@
 """Every engine the product serves, one line each: a new backend is one new module (an
 ``AsrEngine`` or ``TtsEngine`` subclass with its ``plan``, and its memory fixes and
-``auto`` choices where it has any) and one line here."""
+``auto`` choices where it has any) and one line here.
+
+Plain names only, so the settings can list the engine choices without importing any
+engine code; ``engine.engine_class`` imports a backend's module when it is chosen.
+"""
 
 from __future__ import annotations
 
-from .engine import AsrEngine, Backend, TtsEngine
+from dataclasses import dataclass
 
-_ASR: tuple[Backend[AsrEngine], ...] = (
+
+@dataclass(frozen=True)
+class Backend:
+    """One engine: its name (the ``ASR_ENGINE``/``TTS_ENGINE`` value), the module holding
+    it (imported on first use, so an optional extra matters only when its engine is
+    chosen) and its engine class there."""
+
+    name: str
+    module: str
+    engine: str
+
+
+_ASR = (
     Backend("faster-whisper", "wyoming_opentalker.asr.faster_whisper", "FasterWhisperEngine"),
     Backend("qwen3-asr", "wyoming_opentalker.asr.qwen3_asr", "Qwen3AsrEngine"),
 )
-_TTS: tuple[Backend[TtsEngine], ...] = (
+_TTS = (
     Backend("piper", "wyoming_opentalker.tts.piper", "PiperEngine"),
     Backend("qwen3-tts", "wyoming_opentalker.tts.qwen3_tts", "Qwen3TtsEngine"),
 )

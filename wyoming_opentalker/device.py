@@ -228,15 +228,6 @@ def _nvidia_smi_info(index: int) -> GpuInfo | None:
         return None
 
 
-def weight_bytes(*modules: Any) -> int:
-    """Memory held by torch modules' parameters and buffers, at what they really hold
-    (quantised weights at their packed size; the codec's codebooks are buffers, most of
-    its size)."""
-    from .quant import module_bytes
-
-    return module_bytes(*modules)
-
-
 def memory_report(device: Device) -> dict[str, Any]:
     """Process and GPU memory now, for health checks (GPU figures only once torch runs)."""
     import resource

@@ -16,9 +16,11 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import numpy as np
+
+from .backends import Backend
 
 if TYPE_CHECKING:
     from typing import Self
@@ -30,7 +32,6 @@ if TYPE_CHECKING:
 
 P = ParamSpec("P")
 T = TypeVar("T")
-E = TypeVar("E", bound="AsrEngine | TtsEngine")
 
 
 class EngineError(RuntimeError):
@@ -98,36 +99,22 @@ class Engine(ABC):
     def info(self) -> EngineInfo: ...
 
 
-@dataclass(frozen=True)
-class Backend(Generic[E]):
-    """One engine the product can serve: its name (the ``ASR_ENGINE``/``TTS_ENGINE``
-    value), the module holding it (imported on first use, so an optional extra matters
-    only when its engine is chosen) and its engine class there."""
-
-    name: str
-    module: str
-    engine: str
-
-    @property
-    def engine_class(self) -> type[E]:
-        module: ModuleType = importlib.import_module(self.module)
-        engine: type[E] = getattr(module, self.engine)
-        return engine
-
-    def plan(self, settings: Settings, device: Device) -> LoadPlan:
-        return self.engine_class.plan(settings, device)
-
-    def load(self, plan: LoadPlan) -> E:
-        """Build the engine from its plan: loads the model."""
-        return self.engine_class(plan)
-
-
-def pick_backend(backends: Mapping[str, Backend[E]], name: str) -> Backend[E]:
+def pick_backend(backends: Mapping[str, Backend], name: str) -> Backend:
     """The backend called ``name``, or a one-line error naming the choices."""
     backend = backends.get(name)
     if backend is None:
         raise EngineError(f"unknown engine {name!r}; expected one of {', '.join(backends)}")
     return backend
+
+
+def engine_class(backend: Backend) -> type[Engine]:
+    """Import ``backend``'s module and return its engine class (narrow it with
+    ``issubclass`` to the side's interface)."""
+    module: ModuleType = importlib.import_module(backend.module)
+    engine = getattr(module, backend.engine)
+    if not (isinstance(engine, type) and issubclass(engine, Engine)):
+        raise TypeError(f"{backend.module}.{backend.engine} is not an engine class")
+    return engine
 
 
 PROGRAM_NAME = "wyoming-opentalker"

@@ -18,12 +18,10 @@ import struct
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from .quant import QuantMode
+from typing import Any
 
 from .device import GpuInfo, Precision
+from .quant import QuantMode, quantized_weight_bytes
 from .settings import variable
 
 GIB = 1024**3
@@ -145,8 +143,6 @@ def checkpoint_bytes(
             and name.endswith(".weight")
             and quantisable(name)
         ):
-            from .quant import quantized_weight_bytes
-
             rows, cols = tensor.shape
             total += quantized_weight_bytes([(rows, cols)], quant, precision)
         else:
@@ -228,3 +224,12 @@ def check_plan(plan: MemoryPlan) -> None:
         f"{plan.gpu.name} has {gib(plan.available)}: {fix} "
         "(MEMORY_CHECK=false skips this check)"
     )
+
+
+def stronger_fixes(setting: str, field: str, what: str, rank: int) -> list[MemoryFix]:
+    """Stronger quantisation than ``setting`` (a ``*_QUANT`` value), as memory fixes."""
+    stronger = {"none": ("int8", "nf4"), "auto": ("int8", "nf4"), "int8": ("nf4",)}
+    return [
+        MemoryFix(rank + step, f"quantise {what}", {field: mode})
+        for step, mode in enumerate(stronger.get(setting, ()))
+    ]

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from .asr.service import asr_plan
 from .backends import ASR_BACKENDS, TTS_BACKENDS
 from .device import Device, GpuInfo, gpu_info
-from .engine import Engine, pick_backend
+from .engine import Engine, engine_class, pick_backend
 from .memory import HEADROOM_BYTES, MIB, MemoryFix, MemoryPlan, gib
 from .quant import configured_mode
 from .settings import Settings, SettingsError, load_settings
@@ -72,8 +72,8 @@ def memory_plan(settings: Settings, device: Device) -> MemoryPlan:
 
 def _backends(settings: Settings) -> tuple[type[Engine] | None, type[Engine] | None]:
     """The configured ASR and TTS engine classes (None for a service not configured)."""
-    asr: type[Engine] = pick_backend(ASR_BACKENDS, settings.asr_engine).engine_class
-    tts: type[Engine] = pick_backend(TTS_BACKENDS, settings.tts_engine).engine_class
+    asr = engine_class(pick_backend(ASR_BACKENDS, settings.asr_engine))
+    tts = engine_class(pick_backend(TTS_BACKENDS, settings.tts_engine))
     return (
         asr if "asr" in settings.services else None,
         tts if "tts" in settings.services else None,

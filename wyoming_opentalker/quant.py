@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 from .device import Device, Precision
-from .memory import MemoryFix
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -291,9 +290,11 @@ def stored_bytes(tensor: Any) -> int:
     return total
 
 
-def module_bytes(*modules: Any) -> int:
-    """Parameters and buffers of modules at what they really hold, quantised or not
-    (``numel() * element_size()`` reports a quantised torchao weight at full size)."""
+def weight_bytes(*modules: Any) -> int:
+    """Memory held by torch modules' parameters and buffers, at what they really hold:
+    quantised weights at their packed size (``numel() * element_size()`` reports a
+    quantised torchao weight at full size); the codec's codebooks are buffers, most of
+    its size."""
     seen: set[int] = set()
     total = 0
     for module in modules:
@@ -370,15 +371,6 @@ def auto_modes(setting: str, device: Device) -> list[QuantMode]:
     capability = device.gpu.capability
     int8: list[QuantMode] = ["int8"]
     return ["none", *(m for m in int8 if quant_available(m, device.name, capability) is None)]
-
-
-def stronger_fixes(setting: str, field: str, what: str, rank: int) -> list[MemoryFix]:
-    """Stronger quantisation than ``setting`` (a ``*_QUANT`` value), as memory fixes."""
-    stronger = {"none": ("int8", "nf4"), "auto": ("int8", "nf4"), "int8": ("nf4",)}
-    return [
-        MemoryFix(rank + step, f"quantise {what}", {field: mode})
-        for step, mode in enumerate(stronger.get(setting, ()))
-    ]
 
 
 def quantize_linears(

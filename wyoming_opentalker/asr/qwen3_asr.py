@@ -37,7 +37,6 @@ from ..device import (
     choose_precision,
     cpu_speed_warning,
     default_asr_batch_size,
-    weight_bytes,
 )
 from ..engine import AsrEngine, AsrRequest, AsrResult, EngineError, EngineInfo, LoadPlan
 from ..languages import CODES, language_name
@@ -48,9 +47,10 @@ from ..memory import (
     MemoryNeed,
     checkpoint_bytes,
     read_headers,
+    stronger_fixes,
 )
 from ..models import ModelSource, ResolvedModel, resolve_configured
-from ..quant import auto_modes, configured_mode, stronger_fixes
+from ..quant import auto_modes, configured_mode, weight_bytes
 from ..settings import Settings
 
 _LOGGER = logging.getLogger(__name__)

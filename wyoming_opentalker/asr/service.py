@@ -23,6 +23,7 @@ from ..engine import (
     EngineError,
     InferenceWorker,
     LoadPlan,
+    engine_class,
     pick_backend,
 )
 from ..languages import language_code
@@ -31,14 +32,21 @@ from ..settings import Settings
 _LOGGER = logging.getLogger(__name__)
 
 
+def _engine_class(settings: Settings) -> type[AsrEngine]:
+    engine = engine_class(pick_backend(ASR_BACKENDS, settings.asr_engine))
+    if not issubclass(engine, AsrEngine):
+        raise TypeError(f"{engine.__name__} is not a AsrEngine")
+    return engine
+
+
 def asr_plan(settings: Settings, device: Device) -> LoadPlan:
     """How the configured ASR engine will be loaded on ``device``: no weights read."""
-    return pick_backend(ASR_BACKENDS, settings.asr_engine).plan(settings, device)
+    return _engine_class(settings).plan(settings, device)
 
 
 def load_asr_engine(plan: LoadPlan) -> AsrEngine:
     """Build the planned engine (blocking: loads its model)."""
-    return pick_backend(ASR_BACKENDS, plan.settings.asr_engine).load(plan)
+    return _engine_class(plan.settings)(plan)
 
 
 @dataclass

@@ -40,13 +40,21 @@ from ..device import (
     PrecisionChoice,
     choose_precision,
     cpu_speed_warning,
-    weight_bytes,
 )
 from ..engine import EngineError, EngineInfo, LoadPlan, TtsEngine, TtsRequest, Voice
 from ..languages import CODES, NAMES
-from ..memory import BYTES_PER, GIB, MIB, MemoryFix, MemoryNeed, checkpoint_bytes, read_headers
+from ..memory import (
+    BYTES_PER,
+    GIB,
+    MIB,
+    MemoryFix,
+    MemoryNeed,
+    checkpoint_bytes,
+    read_headers,
+    stronger_fixes,
+)
 from ..models import ModelSource, ResolvedModel, resolve_configured
-from ..quant import auto_modes, configured_mode, stronger_fixes
+from ..quant import auto_modes, configured_mode, weight_bytes
 from ..settings import Settings
 from .qwen3_codec import StreamingCodec
 from .qwen3_loop import LeanTalker, Overflow, Prompt, unsupported

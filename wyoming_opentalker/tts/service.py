@@ -27,6 +27,7 @@ from ..engine import (
     TtsEngine,
     TtsRequest,
     Voice,
+    engine_class,
     pick_backend,
 )
 from ..languages import language_code, reads
@@ -43,14 +44,21 @@ MAX_BUFFERED_SECONDS = 20.0
 _NAME_LOCALE = re.compile(r"^([a-z]{2,3})[_-]([A-Za-z]{2})(?:[-_.]|$)")
 
 
+def _engine_class(settings: Settings) -> type[TtsEngine]:
+    engine = engine_class(pick_backend(TTS_BACKENDS, settings.tts_engine))
+    if not issubclass(engine, TtsEngine):
+        raise TypeError(f"{engine.__name__} is not a TtsEngine")
+    return engine
+
+
 def tts_plan(settings: Settings, device: Device) -> LoadPlan:
     """How the configured TTS engine will be loaded on ``device``: no weights read."""
-    return pick_backend(TTS_BACKENDS, settings.tts_engine).plan(settings, device)
+    return _engine_class(settings).plan(settings, device)
 
 
 def load_tts_engine(plan: LoadPlan) -> TtsEngine:
     """Build the planned engine (blocking: loads its model)."""
-    return pick_backend(TTS_BACKENDS, plan.settings.tts_engine).load(plan)
+    return _engine_class(plan.settings)(plan)
 
 
 async def _each(items: Iterable[str]) -> AsyncIterator[str]:
