@@ -102,3 +102,106 @@ def wav_bytes(pcm: bytes, rate: int = 16000) -> bytes:
         wav.setframerate(rate)
         wav.writeframes(pcm)
     return out.getvalue()
+
+
+# --- live commands: speech in a quiet room, as a microphone streams it
+
+RATE = 16000
+
+
+def samples_16k(clip: Clip) -> np.ndarray:
+    """The clip as mono float32 at 16 kHz."""
+    import soxr
+
+    pcm, rate, width, channels = clip.pcm()
+    assert width == 2
+    audio = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
+    if channels > 1:
+        audio = audio.reshape(-1, channels).mean(axis=1)
+    if rate != RATE:
+        audio = soxr.resample(audio, rate, RATE).astype(np.float32)
+    return audio
+
+
+def speech_bounds(audio: np.ndarray) -> tuple[float, float]:
+    """Where speech starts and ends in a clean clip, in seconds: the first and last 10 ms
+    frame whose energy (averaged over 50 ms) is within 25 dB of the loudest. Independent
+    of any VAD under test; these recordings' own noise floor sits 30-40 dB down."""
+    frames = audio[: audio.size // 160 * 160].reshape(-1, 160)
+    power = np.convolve(np.mean(frames**2, axis=1), np.ones(5) / 5, mode="same")
+    energy = 10 * np.log10(power + 1e-12)
+    loud = np.flatnonzero(energy >= energy.max() - 25.0)
+    return float(loud[0] * 0.01), float((loud[-1] + 1) * 0.01)
+
+
+def room_noise(seconds: float, level_db: float, seed: int) -> np.ndarray:
+    """Quiet, steady room noise (pinkish: white noise through a one-pole low-pass), with
+    its RMS at ``level_db`` dBFS."""
+    rng = np.random.default_rng(seed)
+    white = rng.standard_normal(int(seconds * RATE))
+    noise = np.empty_like(white)
+    state = 0.0
+    for index, value in enumerate(white):  # a few seconds: fast enough
+        state = 0.97 * state + value
+        noise[index] = state
+    noise -= noise.mean()
+    noise *= 10 ** (level_db / 20) / (np.sqrt(np.mean(noise**2)) + 1e-12)
+    return noise.astype(np.float32)
+
+
+@dataclass(frozen=True)
+class LiveCommand:
+    """A command as a microphone hears it: noise, speech (one or more parts with pauses
+    between), trailing noise. Times in seconds from the start of the stream."""
+
+    name: str
+    reference: str
+    pcm: bytes
+    speech_end: float
+    pauses: tuple[float, ...] = ()  # silent gaps inside the command
+
+    @property
+    def seconds(self) -> float:
+        return len(self.pcm) / 2 / RATE
+
+
+def live_command(
+    parts: list[Clip],
+    *,
+    pause: float = 0.5,
+    lead: float = 0.5,
+    trail: float = 1.5,
+    noise_db: float = -60.0,
+    seed: int = 0,
+) -> LiveCommand:
+    """``parts`` spoken one after another with ``pause`` seconds between them (measured
+    from one part's speech end to the next one's speech start), in quiet room noise."""
+    pieces: list[np.ndarray] = [np.zeros(int(lead * RATE), np.float32)]
+    position = lead
+    speech_end = lead
+    gaps: list[float] = []
+    for index, clip in enumerate(parts):
+        audio = samples_16k(clip)
+        start, end = speech_bounds(audio)
+        if index:  # long leading silence goes, leaving 0.15 s (a quiet first sound)
+            skip = max(0.0, start - 0.15)
+            audio = audio[int(skip * RATE) :]
+            start, end = start - skip, end - skip
+            gap = int(max(0.0, pause - (position - speech_end) - start) * RATE)
+            pieces.append(np.zeros(gap, np.float32))
+            position += gap / RATE
+            gaps.append(position + start - speech_end)
+        pieces.append(audio)
+        speech_end = position + end
+        position += audio.size / RATE
+    pieces.append(np.zeros(int(trail * RATE), np.float32))
+    audio = np.concatenate(pieces)
+    audio = audio + room_noise(audio.size / RATE, noise_db, seed)
+    pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
+    return LiveCommand(
+        "+".join(clip.name for clip in parts),
+        " ".join(clip.reference for clip in parts),
+        pcm,
+        speech_end,
+        tuple(gaps),
+    )

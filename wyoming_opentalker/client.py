@@ -8,6 +8,7 @@ import contextlib
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from wyoming.asr import Transcribe, Transcript
@@ -118,6 +119,103 @@ async def transcribe(
         if event is None:
             raise ClientError("connection closed before an answer")
         return TranscriptResult(event, time.monotonic() - stopped)
+
+
+@dataclass
+class LiveResult:
+    """What a real-time stream got back, with monotonic times."""
+
+    started_at: float  # audio-start sent
+    events: list[tuple[float, Event]] = field(default_factory=list)  # everything received
+    stop_at: float | None = None  # audio-stop sent (None: never, the server ended it)
+    sent_seconds: float = 0.0  # audio sent
+
+    @property
+    def answers(self) -> list[tuple[float, Event]]:
+        return [(at, e) for at, e in self.events if e.type in ("transcript", "error")]
+
+    @property
+    def answer_at(self) -> float:
+        if not self.answers:
+            raise ClientError("no transcript or error came back")
+        return self.answers[0][0]
+
+    @property
+    def text(self) -> str:
+        event = self.answers[0][1] if self.answers else None
+        if event is None or not Transcript.is_type(event.type):
+            raise ClientError(f"expected transcript, got {event}")
+        return Transcript.from_event(event).text
+
+
+async def transcribe_live(port: int, pcm: bytes, **options: Any) -> LiveResult:
+    """``stream_live`` on a new connection to ``port`` on 127.0.0.1."""
+    async with Connection(port) as conn:
+        return await stream_live(conn, pcm, **options)
+
+
+async def stream_live(
+    conn: Connection,
+    pcm: bytes,
+    *,
+    stop_after: float | None = None,
+    until_answer: bool = False,
+    send_stop: bool = True,
+    chunk_seconds: float = 0.01,
+    language: str | None = None,
+    vad_sensitivity: str | None = None,
+    linger: float = 0.5,
+) -> LiveResult:
+    """Stream 16 kHz 16-bit mono ``pcm`` in real time, one ``chunk_seconds`` chunk at a
+    time (Home Assistant's microphone: 10 ms), reading answers while sending.
+
+    ``stop_after``: send ``audio-stop`` after this many seconds of audio (Home Assistant's
+    VAD); None sends all of ``pcm`` first. ``until_answer``: stop sending at the first
+    answer, without ``audio-stop`` (Home Assistant 2026.10 with a server that ends
+    commands itself). ``send_stop=False``: never send ``audio-stop``, just wait for an
+    answer. After the last event sent, answers are read for ``linger`` more seconds, so a
+    second answer to the same request would be seen."""
+    step = int(16000 * chunk_seconds) * 2
+    total = len(pcm) if stop_after is None else min(len(pcm), int(stop_after * 16000) * 2)
+    result = LiveResult(started_at=time.monotonic())
+    answered = asyncio.Event()
+
+    async def read() -> None:
+        while True:
+            event = await async_read_event(conn.reader)
+            if event is None:
+                return
+            result.events.append((time.monotonic(), event))
+            if event.type in ("transcript", "error"):
+                answered.set()
+
+    reader = asyncio.create_task(read())
+    try:
+        await conn.send(
+            Transcribe(language=language, vad_sensitivity=vad_sensitivity).event(),
+            AudioStart(rate=16000, width=2, channels=1).event(),
+        )
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for index, offset in enumerate(range(0, total, step)):
+            if until_answer and answered.is_set():
+                break
+            delay = start + index * chunk_seconds - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            chunk = pcm[offset : min(offset + step, total)]
+            await conn.send(AudioChunk(rate=16000, width=2, channels=1, audio=chunk).event())
+            result.sent_seconds += len(chunk) / 32000
+        if send_stop and not (until_answer and answered.is_set()):
+            result.stop_at = time.monotonic()
+            await conn.send(AudioStop().event())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(answered.wait(), TIMEOUT)
+        await asyncio.sleep(linger)
+    finally:
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+    return result
 
 
 @dataclass

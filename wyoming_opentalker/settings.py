@@ -30,6 +30,8 @@ ASR_ENGINES = tuple(ASR_BACKENDS)
 TTS_ENGINES = tuple(TTS_BACKENDS)
 QUANT_MODES = ("auto", "none", "int8", "nf4")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# Home Assistant's names for how quickly a command's end is detected (Transcribe.vad_sensitivity).
+VAD_SENSITIVITIES = ("relaxed", "default", "aggressive")
 
 
 class SettingsError(ValueError):
@@ -268,6 +270,39 @@ class Settings:
         "QWEN_ASR_QUANT",
         _choice(QUANT_MODES),
         "Qwen3-ASR weight-only quantisation of linear layers: auto (by GPU), none, int8, nf4",
+    )
+    asr_speculate: bool = setting(
+        True,
+        "ASR_SPECULATE",
+        _bool,
+        "decode during the pause after speech, before the client ends the audio",
+        switch=True,
+    )
+    asr_endpointing: bool = setting(
+        True,
+        "ASR_ENDPOINTING",
+        _bool,
+        "end spoken commands here (info: requires_external_vad false) and answer at once",
+        switch=True,
+    )
+    asr_vad_sensitivity: str = setting(
+        "default",
+        "ASR_VAD_SENSITIVITY",
+        _choice(VAD_SENSITIVITIES),
+        "silence that ends a command when the client names none: "
+        "relaxed 1.25 s, default 0.7 s, aggressive 0.25 s",
+    )
+    asr_no_speech_seconds: float = setting(
+        8.0,
+        "ASR_NO_SPEECH_SECONDS",
+        _float_above(0, inclusive=False),
+        "with endpointing: answer an empty transcript when no speech starts this soon",
+    )
+    asr_max_command_seconds: float = setting(
+        15.0,
+        "ASR_MAX_COMMAND_SECONDS",
+        _float_above(0, inclusive=False),
+        "with endpointing: the longest command; it ends there even without a pause",
     )
     # TTS
     tts_engine: str = setting(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -28,6 +29,8 @@ from ..engine import (
 )
 from ..languages import language_code
 from ..settings import Settings
+from ..stats import AsrTiming, Recent
+from ..vad import speech_detector
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -53,16 +56,23 @@ def load_asr_engine(plan: LoadPlan) -> AsrEngine:
 class _Job:
     request: AsrRequest
     future: asyncio.Future[AsrResult]
+    speculative: bool = False
 
 
 @dataclass
 class AsrService:
     """A loaded engine, its worker thread, the batcher, and what ``info`` says.
 
-    Requests queue in arrival order. Whenever the engine is free, everything waiting (up
-    to ``engine.max_batch_size``) goes into one ``transcribe`` call. A lone request
-    waits at most ``batch_window`` seconds for company, so satellites that finish speaking
-    together share one decode while a single user pays only a few milliseconds.
+    Requests whose audio has ended queue in arrival order. Whenever the engine is free,
+    everything waiting (up to ``engine.max_batch_size``) goes into one ``transcribe``
+    call. A lone request waits at most ``batch_window`` seconds for company, so
+    satellites that finish speaking together share one decode while a single user pays
+    only a few milliseconds.
+
+    Speculative decodes (audio decoded during a pause, before the client says it has
+    ended) are taken only while the engine is idle, run only when no ended request is
+    waiting, and are never batched with one: they may use spare time, never delay an
+    answer someone is waiting for.
     """
 
     kind: ClassVar[str] = "asr"
@@ -70,10 +80,17 @@ class AsrService:
     settings: Settings
     worker: InferenceWorker = field(default_factory=lambda: InferenceWorker("asr"))
     requests_served: int = 0
+    speculative_decodes: int = 0  # started; each also counted when its answer was used
+    speculative_used: int = 0
+    requests_failed: int = 0
+    recent: Recent = field(default_factory=Recent)
 
     def __post_init__(self) -> None:
         self.info_event: Event = self._build_info().event()
-        self._queue: asyncio.Queue[_Job] | None = None
+        self._finals: deque[_Job] = deque()
+        self._guesses: deque[_Job] = deque()
+        self._wake = asyncio.Event()
+        self._busy = False  # a batch is on the worker
         self._loop_task: asyncio.Task[None] | None = None
 
     @property
@@ -92,6 +109,12 @@ class AsrService:
     @property
     def batch_window(self) -> float:
         return self.settings.asr_batch_window_ms / 1000 if self.engine.max_batch_size > 1 else 0.0
+
+    @property
+    def ends_commands(self) -> bool:
+        """Whether this server decides itself when a spoken command has ended
+        (``ASR_ENDPOINTING``), so clients need no VAD of their own."""
+        return self.settings.asr_endpointing and speech_detector() is not None
 
     def _build_info(self) -> Info:
         info = self.engine.info
@@ -112,6 +135,7 @@ class AsrService:
             version=__version__,
             models=[model],
             supports_transcript_streaming=False,
+            requires_external_vad=not self.ends_commands,
         )
         return Info(asr=[program])
 
@@ -137,45 +161,99 @@ class AsrService:
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-        queue, self._queue = self._queue, None
-        while queue is not None and not queue.empty():
-            job = queue.get_nowait()
-            if not job.future.done():
-                job.future.set_exception(EngineError("the server is shutting down", "busy"))
+        for queue in (self._finals, self._guesses):
+            while queue:
+                job = queue.popleft()
+                if not job.future.done():
+                    job.future.set_exception(EngineError("the server is shutting down", "busy"))
         self.worker.shutdown()
 
+    def _start(self) -> None:
+        if self._loop_task is None:
+            self._loop_task = asyncio.create_task(self._batch_loop())
+
     async def transcribe(self, request: AsrRequest) -> AsrResult:
-        if self._queue is None:
-            self._queue = asyncio.Queue()
-            self._loop_task = asyncio.create_task(self._batch_loop(self._queue))
-        if self._queue.qsize() >= self.settings.max_queue:
+        """Decode a request whose audio has ended (queued ahead of any speculation)."""
+        self._start()
+        waiting = sum(not job.future.done() for job in self._finals)
+        if waiting >= self.settings.max_queue:
             raise EngineError(
-                f"speech-to-text is busy ({self._queue.qsize()} requests waiting); try again",
-                "busy",
+                f"speech-to-text is busy ({waiting} requests waiting); try again", "busy"
             )
         future: asyncio.Future[AsrResult] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Job(request, future))
+        self._finals.append(_Job(request, future))
+        self._wake.set()
         return await future  # cancelled with the client: the job is then skipped
 
-    async def _batch_loop(self, queue: asyncio.Queue[_Job]) -> None:
+    @property
+    def idle(self) -> bool:
+        """Nothing running and nothing waiting."""
+        return not self._busy and not any(not job.future.done() for job in self._finals)
+
+    def speculate(self, request: AsrRequest) -> asyncio.Future[AsrResult] | None:
+        """Decode ``request`` now if the engine is idle, else ``None`` (try again later).
+        Cancel the future to drop it (a decode already running finishes unseen)."""
+        if not self.idle:
+            return None
+        self._start()
+        future: asyncio.Future[AsrResult] = asyncio.get_running_loop().create_future()
+        self._guesses.append(_Job(request, future, speculative=True))
+        self.speculative_decodes += 1
+        self._wake.set()
+        return future
+
+    def record(self, timing: AsrTiming) -> None:
+        """Remember a finished Wyoming request's timings (the HTTP status shows them)."""
+        self.recent.append(timing)
+        if timing.error is not None:
+            self.requests_failed += 1
+
+    def adopted(self) -> None:
+        """A speculative answer was sent to its client: it counts as a request served."""
+        self.speculative_used += 1
+        self.requests_served += 1
+
+    def _take(self, queue: deque[_Job], limit: int) -> list[_Job]:
+        jobs: list[_Job] = []
+        while queue and len(jobs) < limit:
+            job = queue.popleft()
+            if not job.future.done():
+                jobs.append(job)
+        return jobs
+
+    async def _batch_loop(self) -> None:
         limit = max(1, self.engine.max_batch_size)
         while True:
-            jobs = [await queue.get()]
-            if limit > 1 and self.batch_window > 0:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.batch_window):
-                        while len(jobs) < limit:
-                            jobs.append(await queue.get())
-            while len(jobs) < limit and not queue.empty():
-                jobs.append(queue.get_nowait())
-            live = [job for job in jobs if not job.future.done()]
-            if live:
-                await self._run_batch(live)
+            await self._wake.wait()
+            self._wake.clear()
+            await asyncio.sleep(0)  # what arrives in the same moment is seen: finals first
+            while True:
+                jobs = self._take(self._finals, limit)
+                if len(jobs) == 1 and limit > 1 and self.batch_window > 0:
+                    await self._company(self.batch_window)
+                    jobs += self._take(self._finals, limit - 1)
+                if not jobs:
+                    jobs = self._take(self._guesses, limit)
+                if not jobs:
+                    break
+                await self._run_batch(jobs)
+
+    async def _company(self, window: float) -> None:
+        """Wait up to ``window`` seconds for more ended requests to batch with."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + window
+        while (remaining := deadline - loop.time()) > 0:
+            if len(self._finals) >= self.engine.max_batch_size - 1:
+                return
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), remaining)
 
     async def _run_batch(self, jobs: list[_Job]) -> None:
         requests = [job.request for job in jobs]
         if len(jobs) > 1:
             _LOGGER.info("Decoding a batch of %d requests in one call", len(jobs))
+        self._busy = True
         try:
             results = await self.worker.run(self.engine.transcribe, requests)
         except Exception as err:
@@ -189,7 +267,10 @@ class AsrService:
                 if not job.future.done():
                     job.future.set_exception(error)
             return
-        self.requests_served += len(jobs)
+        finally:
+            self._busy = False
+            self._wake.set()  # a speculation waiting for the engine may now go
+        self.requests_served += sum(not job.speculative for job in jobs)
         for job, result in zip(jobs, results, strict=True):
             if job.future.done():
                 continue
