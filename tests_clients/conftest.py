@@ -1,7 +1,7 @@
 """Our servers, and the third-party clients' own servers (HTTP gateways), for the
 client-compatibility tier.
 
-The clients run from .venv-clients (Python 3.13, the clients as installed from PyPI by
+The clients run from .venv-clients (Python 3.14, the clients as installed from PyPI by
 script/setup-clients); our servers run from the product's .venv with the embedded CPU
 defaults (faster-whisper tiny.en, Piper joe), on 127.0.0.1, and are stopped by PID.
 ``CLIENTS_SERVER_ROOT`` points the servers at another checkout of the product (an older

@@ -1,4 +1,4 @@
-"""Home Assistant's real ``wyoming`` integration (2026.2.3) against our servers.
+"""Home Assistant's real ``wyoming`` integration (2026.10.4) against our servers.
 
 The user's path, through Home Assistant's own code: the config flow a user fills in,
 the speech-to-text entity it creates, text-to-speech plain and streaming (Home
@@ -10,7 +10,6 @@ TTS and understood again by our STT.
 from __future__ import annotations
 
 import io
-import re
 import wave
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,12 +22,11 @@ from homeassistant.components.assist_pipeline import (
     PipelineEventType,
     async_pipeline_from_audio_stream,
 )
-from homeassistant.components.assist_pipeline.pipeline import async_create_default_pipeline
 from homeassistant.core import Context, HomeAssistant
 from homeassistant.data_entry_flow import FlowResultType
-from homeassistant.helpers import entity_registry as er
 from homeassistant.setup import async_setup_component
 
+from .assist import create_pipeline, pcm_16k_metadata, setup_engines, words
 from .conftest import Servers
 
 # "go forward ten meters", a human recording, 16 kHz s16le (read once, not in the loop).
@@ -47,59 +45,16 @@ def _understood(heard: list[str], keywords: set[str], allowed_misses: int = 1) -
     return len(keywords - set(heard)) <= allowed_misses
 
 
-def _words(text: str) -> list[str]:
-    numbers = {"10": "ten"}
-    return [numbers.get(w, w) for w in re.sub(r"[^\w\s]", " ", text.lower()).split()]
-
-
-async def _add(hass: HomeAssistant, port: int) -> config_entries.ConfigEntry:
-    """What a user does: Add integration -> Wyoming Protocol -> host and port."""
-    result = await hass.config_entries.flow.async_init(
-        "wyoming", context={"source": config_entries.SOURCE_USER}
-    )
-    assert result["type"] is FlowResultType.FORM and result["step_id"] == "user"
-    result = await hass.config_entries.flow.async_configure(
-        result["flow_id"], {"host": "127.0.0.1", "port": port}
-    )
-    assert result["type"] is FlowResultType.CREATE_ENTRY, result
-    assert result["title"] == "wyoming-opentalker"
-    await hass.async_block_till_done()
-    return result["result"]
-
-
-async def _setup(hass: HomeAssistant, servers: Servers) -> tuple[str, str]:
-    assert await async_setup_component(hass, "homeassistant", {})
-    stt_entry = await _add(hass, servers.asr)
-    tts_entry = await _add(hass, servers.tts)
-    registry = er.async_get(hass)
-    stt_ids = [e.entity_id for e in er.async_entries_for_config_entry(registry, stt_entry.entry_id)]
-    tts_ids = [e.entity_id for e in er.async_entries_for_config_entry(registry, tts_entry.entry_id)]
-    stt_id = next(i for i in stt_ids if i.startswith("stt."))
-    tts_id = next(i for i in tts_ids if i.startswith("tts."))
-    return stt_id, tts_id
-
-
 async def _chunks(data: bytes, size: int = 4096) -> AsyncIterator[bytes]:
     for offset in range(0, len(data), size):
         yield data[offset : offset + size]
 
 
-def _pcm_16k(language: str) -> stt.SpeechMetadata:
-    """16 kHz 16-bit mono PCM, what satellites send."""
-    return stt.SpeechMetadata(
-        language=language,
-        format=stt.AudioFormats.WAV,
-        codec=stt.AudioCodecs.PCM,
-        bit_rate=stt.AudioBitRates.BITRATE_16,
-        sample_rate=stt.AudioSampleRates.SAMPLERATE_16000,
-        channel=stt.AudioChannels.CHANNEL_MONO,
-    )
-
-
 async def _transcribe(hass: HomeAssistant, stt_id: str, pcm: bytes) -> str:
     entity = stt.async_get_speech_to_text_entity(hass, stt_id)
     assert entity is not None
-    result = await entity.internal_async_process_audio_stream(_pcm_16k("en"), _chunks(pcm))
+    metadata = pcm_16k_metadata("en")
+    result = await entity.internal_async_process_audio_stream(metadata, _chunks(pcm))
     assert result.result is stt.SpeechResultState.SUCCESS, result
     return result.text or ""
 
@@ -117,7 +72,7 @@ async def _speech(stream: tts.ResultStream) -> bytes:
 async def test_config_flow_creates_stt_and_tts(
     hass: HomeAssistant, socket_enabled: None, servers: Servers
 ) -> None:
-    stt_id, tts_id = await _setup(hass, servers)
+    stt_id, tts_id = await setup_engines(hass, servers)
     assert hass.states.get(stt_id) is not None and hass.states.get(tts_id) is not None
     entity = stt.async_get_speech_to_text_entity(hass, stt_id)
     assert entity is not None and entity.supported_languages == ["en"]
@@ -132,20 +87,20 @@ async def test_config_flow_creates_stt_and_tts(
 
 
 async def test_speech_to_text(hass: HomeAssistant, socket_enabled: None, servers: Servers) -> None:
-    stt_id, _ = await _setup(hass, servers)
+    stt_id, _ = await setup_engines(hass, servers)
     text = await _transcribe(hass, stt_id, GO_FORWARD)
-    assert _words(text) == ["go", "forward", "ten", "meters"], text
+    assert words(text) == ["go", "forward", "ten", "meters"], text
 
 
 async def test_text_to_speech_plain(
     hass: HomeAssistant, socket_enabled: None, servers: Servers
 ) -> None:
-    stt_id, tts_id = await _setup(hass, servers)
+    stt_id, tts_id = await setup_engines(hass, servers)
     stream = tts.async_create_stream(hass, tts_id, "en", WAV_16K)
     stream.async_set_message(ANSWER)
     pcm = _pcm_of_wav(await _speech(stream))
     assert len(pcm) / 32000 > 2.0
-    heard = _words(await _transcribe(hass, stt_id, pcm))
+    heard = words(await _transcribe(hass, stt_id, pcm))
     assert _understood(heard, KEYWORDS), heard
 
 
@@ -154,7 +109,7 @@ async def test_text_to_speech_streaming(
 ) -> None:
     """Home Assistant streams LLM-style deltas because our info says it may; it also
     repeats the whole text as a plain ``synthesize``, which must be ignored."""
-    stt_id, tts_id = await _setup(hass, servers)
+    stt_id, tts_id = await setup_engines(hass, servers)
     entity = hass.data[tts.DATA_COMPONENT].get_entity(tts_id)
     assert entity is not None and entity.async_supports_streaming_input()
     before = servers.log_text().count("Ignoring synthesize sent during a stream")
@@ -166,7 +121,7 @@ async def test_text_to_speech_streaming(
     stream = tts.async_create_stream(hass, tts_id, "en", WAV_16K)
     stream.async_set_message_stream(deltas())
     pcm = _pcm_of_wav(await _speech(stream))
-    heard = _words(await _transcribe(hass, stt_id, pcm))
+    heard = words(await _transcribe(hass, stt_id, pcm))
     assert _understood(heard, KEYWORDS), heard
     assert servers.log_text().count("Ignoring synthesize sent during a stream") == before + 1
 
@@ -188,22 +143,20 @@ async def test_assist_pipeline_audio_to_intent_to_speech(
         "      - sentences:\n"
         '          - "go forward (ten|10) (meters|metres)"\n'
     )
-    stt_id, tts_id = await _setup(hass, servers)
+    stt_id, tts_id = await setup_engines(hass, servers)
     assert await async_setup_component(
         hass,
         "intent_script",
         {"intent_script": {"RobotGoForward": {"speech": {"text": "Moving forward ten meters."}}}},
     )
-    assert await async_setup_component(hass, "assist_pipeline", {})
-    pipeline = await async_create_default_pipeline(hass, stt_id, tts_id, "OpenTalker")
-    assert pipeline is not None, "the pipeline did not accept our engines for English"
+    pipeline = await create_pipeline(hass, stt_id, tts_id)
 
     events: list[PipelineEvent] = []
     await async_pipeline_from_audio_stream(
         hass,
         context=Context(),
         event_callback=events.append,
-        stt_metadata=_pcm_16k(""),  # the pipeline fills in its language
+        stt_metadata=pcm_16k_metadata(),  # the pipeline fills in its language
         stt_stream=_chunks(GO_FORWARD),
         pipeline_id=pipeline.id,
         tts_audio_output=WAV_16K,
@@ -211,11 +164,11 @@ async def test_assist_pipeline_audio_to_intent_to_speech(
     by_type: dict[PipelineEventType, dict[str, Any]] = {e.type: e.data or {} for e in events}
     assert PipelineEventType.ERROR not in by_type, by_type.get(PipelineEventType.ERROR)
     heard = by_type[PipelineEventType.STT_END]["stt_output"]["text"]
-    assert _words(heard) == ["go", "forward", "ten", "meters"], heard
+    assert words(heard) == ["go", "forward", "ten", "meters"], heard
     response = by_type[PipelineEventType.INTENT_END]["intent_output"]["response"]
     assert response["speech"]["plain"]["speech"] == "Moving forward ten meters."
     token = by_type[PipelineEventType.TTS_END]["tts_output"]["token"]
     result = tts.async_get_stream(hass, token)
     assert result is not None
-    spoken = _words(await _transcribe(hass, stt_id, _pcm_of_wav(await _speech(result))))
+    spoken = words(await _transcribe(hass, stt_id, _pcm_of_wav(await _speech(result))))
     assert _understood(spoken, {"moving", "forward", "ten", "meters"}), spoken
