@@ -36,6 +36,7 @@ SENTENCE = live_command([CLIPS["sense_and_sensibility_01_austen_64kb-0880"]], se
 # Two-part commands: "ten of clubs ... go forward ten meters" with a pause inside.
 TWO_PART = live_command([CLIPS["001"], CLIPS["goforward"]], pause=0.5, seed=3)
 LONG_PAUSE = live_command([CLIPS["001"], CLIPS["goforward"]], pause=1.0, seed=4)
+LONGER_PAUSE = live_command([CLIPS["001"], CLIPS["goforward"]], pause=1.5, seed=6)
 
 
 @pytest.fixture(scope="module")
@@ -145,8 +146,8 @@ async def test_vad_sensitivity_from_the_client_is_honoured(server: Server) -> No
         server.asr, LONG_PAUSE.pcm, until_answer=True, vad_sensitivity="relaxed"
     )
     assert _words(relaxed.text)[-3:] == ["forward", "ten", "meters"]  # 1.25 s: 1 s is a pause
-    default = await transcribe_live(server.asr, LONG_PAUSE.pcm, until_answer=True)
-    assert _words(default.text) == ["ten", "of", "clubs"]  # 0.7 s: a 1 s pause ends it
+    default = await transcribe_live(server.asr, LONGER_PAUSE.pcm, until_answer=True)
+    assert _words(default.text) == ["ten", "of", "clubs"]  # 0.9 s: a 1.5 s pause ends it
 
 
 async def test_no_speech_gives_an_empty_transcript(quick: Server) -> None:

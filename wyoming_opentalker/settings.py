@@ -290,7 +290,7 @@ class Settings:
         "ASR_VAD_SENSITIVITY",
         _choice(VAD_SENSITIVITIES),
         "silence that ends a command when the client names none: "
-        "relaxed 1.25 s, default 0.7 s, aggressive 0.25 s",
+        "relaxed 1.25 s, default 0.9 s, aggressive 0.25 s",
     )
     asr_no_speech_seconds: float = setting(
         8.0,
