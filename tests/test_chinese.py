@@ -27,7 +27,7 @@ from wyoming_opentalker.client import describe, synthesize, transcribe
 from wyoming_opentalker.languages import reads, text_script
 
 from .conftest import Server, _wait_listening, free_port, start_server
-from .fake_hub import fake_hub, piper_voice
+from .fake_hub import SHA, fake_hub, piper_voice
 from .mandarin import cer, clips, traditional_characters
 from .speech import POCKETSPHINX, normalize
 
@@ -227,7 +227,7 @@ async def test_voice_by_name_downloaded_once_then_served_offline(
     cache, log = voice_cache
     fetched = [line for line in log if line.startswith("GET") and "/resolve/" in line]
     assert sorted(fetched) == sorted(
-        f"GET /rhasspy/piper-voices/resolve/main/zh/zh_CN/fake/medium/{ZH_VOICE}{ext}"
+        f"GET /rhasspy/piper-voices/resolve/{SHA}/zh/zh_CN/fake/medium/{ZH_VOICE}{ext}"
         for ext in (".onnx", ".onnx.json")
     )
     # The hub is gone and the server is offline: the voice comes from the cache.

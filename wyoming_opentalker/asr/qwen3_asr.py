@@ -49,7 +49,7 @@ from ..memory import (
     read_headers,
     stronger_fixes,
 )
-from ..models import ModelSource, ResolvedModel, resolve_configured
+from ..models import ModelSource, ResolvedModel, load_checked, resolve_configured
 from ..quant import auto_modes, configured_mode, weight_bytes
 from ..settings import Settings
 
@@ -261,13 +261,26 @@ class Qwen3AsrEngine(AsrEngine):
         self.max_batch_size = plan.batch_size
         self._budget = token_budget(self.max_batch_size, settings.qwen_asr_max_new_tokens)
         self._max_new_tokens = settings.qwen_asr_max_new_tokens
-        self._model = Qwen3ASRModel.from_pretrained(
-            str(resolved.path),
-            dtype=getattr(torch, plan.precision),
-            device_map=device.name,
-            max_inference_batch_size=self.max_batch_size,
-            max_new_tokens=self._max_new_tokens,
-        )
+
+        def load(paths: list[Path]) -> Any:
+            return Qwen3ASRModel.from_pretrained(
+                str(paths[0]),
+                dtype=getattr(torch, plan.precision),
+                device_map=device.name,
+                max_inference_batch_size=self.max_batch_size,
+                max_new_tokens=self._max_new_tokens,
+            )
+
+        tries = 0
+
+        def locate() -> list[Path]:
+            nonlocal resolved, tries
+            tries += 1
+            if tries > 1:  # after damaged files were moved aside: fetch them again
+                resolved = resolve(settings)
+            return [resolved.path]
+
+        self._model = load_checked("the Qwen3-ASR checkpoint", locate, load, settings)
         thinker = self._model.model.thinker
         # Generation reads only the last position's logits: compute only those.
         self._last_only = thinker.lm_head.register_forward_pre_hook(

