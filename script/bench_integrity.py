@@ -39,11 +39,13 @@ def drop_caches() -> bool:
         return False
 
 
-def timed(work: Callable[[], object], repeats: int = 3, cold: bool = False) -> float:
+def timed(work: Callable[[], object], repeats: int = 3, cold: bool = False) -> float | None:
+    """Median seconds of ``work``; None when a cold read was asked for and the page cache
+    cannot be dropped (not root)."""
     times = []
     for _ in range(repeats):
         if cold and not drop_caches():
-            return float("nan")
+            return None
         started = time.perf_counter()
         work()
         times.append(time.perf_counter() - started)
@@ -99,16 +101,14 @@ def main() -> None:
             size = named.stat().st_size
             for how, seconds in (("full hash", full), ("fingerprint", quick)):
                 what = f"{gib:g} GiB checkpoint file, {how}"
-                rows.append(
-                    {"what": what, "bytes": size, "warm_s": seconds, "cold_s": float("nan")}
-                )
+                rows.append({"what": what, "bytes": size, "warm_s": seconds, "cold_s": None})
             named.unlink()
     print(f"\nFiles above {integrity.ALWAYS_BYTES // 2**20} MiB are vouched for by fingerprint")
     print("| what | MiB | warm s | cold s |")
     print("|---|---:|---:|---:|")
     for row in rows:
         cold = row["cold_s"]
-        cold_text = "-" if cold != cold else f"{cold:.3f}"  # NaN: not measured
+        cold_text = "-" if cold is None else f"{cold:.3f}"
         size = int(row["bytes"]) / 2**20  # type: ignore[call-overload]
         print(f"| {row['what']} | {size:.0f} | {row['warm_s']:.3f} | {cold_text} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
