@@ -233,12 +233,14 @@ async def run_one(server: Server, config: Config, command: LiveCommand) -> Row:
     return row
 
 
-async def latency(servers: dict[str, Server], rounds: int) -> list[Row]:
+async def latency(
+    servers: dict[str, Server], rounds: int, configs: tuple[Config, ...]
+) -> list[Row]:
     rows: list[Row] = []
     todo = commands()
     for round_index in range(rounds):
         for number, (command, two_part, second) in enumerate(todo, 1):
-            for config in CONFIGS:
+            for config in configs:
                 row = await run_one(servers[config.server], config, command)
                 row.two_part = two_part
                 row.cut = two_part and was_cut(row.text, second)
@@ -261,9 +263,9 @@ def _stats(values: list[float]) -> dict[str, float | None]:
     }
 
 
-def summarise(rows: list[Row]) -> list[dict[str, Any]]:
+def summarise(rows: list[Row], configs: tuple[Config, ...]) -> list[dict[str, Any]]:
     table = []
-    for config in CONFIGS:
+    for config in configs:
         mine = [row for row in rows if row.config == config.label]
         table.append(
             {
@@ -305,6 +307,8 @@ def speculation_cost(rows: list[Row]) -> dict[str, float]:
             if r.config == f"ours, speculation on, HA VAD {stop} s"
         }
         extra += [on[name] - off[name] for name in on if name in off]
+    if not extra:
+        return {}
     off_all = [r.cpu_seconds for r in rows if r.config.startswith("ours, speculation off")]
     return {
         "extra_cpu_seconds_median": statistics.median(extra),
@@ -394,7 +398,7 @@ def print_tables(
         elif "endpointing" in label:
             peer_label = "wyoming-faster-whisper --vad-endpointing 0.7"
         ours = row["speech_end_to_transcript"]["median"]
-        theirs = peer[peer_label]["speech_end_to_transcript"]["median"]
+        theirs = peer.get(peer_label, {}).get("speech_end_to_transcript", {}).get("median")
         ratio = "-" if ours is None or not theirs else f"{ours / theirs:.2f}"
         se, st = row["speech_end_to_transcript"], row["stop_to_transcript"]
         print(
@@ -403,10 +407,18 @@ def print_tables(
             f"{row['two_part_cut']}/{row['two_part']} | {row['not_one_answer']} | "
             f"{row['cpu_seconds_median']:.2f} |"
         )
-    ep = peer["ours, endpointing (default)"]["speech_end_to_transcript"]["median"]
-    ha = peer["wyoming-faster-whisper, HA VAD 0.7 s"]["speech_end_to_transcript"]["median"]
-    if ep is not None and ha:
-        print(f"\nours with endpointing against the peer with HA's default VAD: {ep / ha:.2f}x")
+
+    def median(label: str) -> float | None:
+        value = peer.get(label, {}).get("speech_end_to_transcript", {}).get("median")
+        return None if value is None else float(value)
+
+    ep = median("ours, endpointing (default)")
+    for label in ("HA VAD 0.7 s", "HA's microVAD"):
+        ha = median(f"wyoming-faster-whisper, {label}")
+        if ep is not None and ha:
+            print(f"\nours with endpointing against the peer with {label}: {ep / ha:.2f}x")
+    if not cost:
+        return
     print(
         f"\nspeculation's extra CPU per command: median {cost['extra_cpu_seconds_median']:.3f} s, "
         f"mean {cost['extra_cpu_seconds_mean']:.3f} s "
@@ -428,12 +440,15 @@ def print_tables(
 
 
 async def main_async(args: argparse.Namespace) -> None:
+    configs = tuple(c for c in CONFIGS if not args.only or any(o in c.label for o in args.only))
     with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp:
-        servers = start_servers(Path(tmp))
+        log_dir = args.logs or Path(tmp)
+        log_dir.mkdir(parents=True, exist_ok=True)
+        servers = start_servers(log_dir)
         try:
             for server in servers.values():  # warm up every model
                 await transcribe_live(server.port, commands()[0][0].pcm, stop_after=3.0, linger=0)
-            rows = await latency(servers, args.rounds)
+            rows = await latency(servers, args.rounds, configs)
             load = []
             if args.clients:
                 for name in ("ours-off", "ours-spec", "ours-endpoint", "peer"):
@@ -442,7 +457,7 @@ async def main_async(args: argparse.Namespace) -> None:
         finally:
             for server in servers.values():
                 server.stop()
-    table = summarise(rows)
+    table = summarise(rows, configs)
     cost = speculation_cost(rows)
     print_tables(table, cost, load)
     result = {
@@ -465,6 +480,10 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16, help="load test clients (0: none)")
     parser.add_argument("--load-commands", type=int, default=3, help="commands per load client")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "latency.json")
+    parser.add_argument(
+        "--only", action="append", help="run the configurations whose label contains this"
+    )
+    parser.add_argument("--logs", type=Path, help="keep the servers' logs in this folder")
     asyncio.run(main_async(parser.parse_args()))
 
 

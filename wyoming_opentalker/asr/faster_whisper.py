@@ -189,6 +189,13 @@ class FasterWhisperEngine(AsrEngine):
             # untrimmed audio, for 7 % more decode time.
             without_timestamps=False,
             condition_on_previous_text=False,
+            # One beam search, no temperature fallback: faster-whisper's default re-decodes
+            # up to five more times, sampling, when the average log-probability is below
+            # -1 — as it is for a lone word cut from a command in a pause. That took 1.2 s
+            # instead of 0.34 s (a pause decode then held up the real answer) and gives a
+            # different transcript each time. On the real-speech set WER is the same (5.36 %
+            # both) and decoding 22 % faster.
+            temperature=0.0,
         )
         pieces = [(segment.start, segment.end, segment.text.strip()) for segment in segments]
         if info.language == "zh" and self._initial_prompt is None and self._to_simplified:

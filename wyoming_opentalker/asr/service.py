@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -254,6 +255,7 @@ class AsrService:
         if len(jobs) > 1:
             _LOGGER.info("Decoding a batch of %d requests in one call", len(jobs))
         self._busy = True
+        started = time.monotonic()
         try:
             results = await self.worker.run(self.engine.transcribe, requests)
         except Exception as err:
@@ -270,6 +272,14 @@ class AsrService:
         finally:
             self._busy = False
             self._wake.set()  # a speculation waiting for the engine may now go
+            _LOGGER.debug(
+                "Decoded %s in %.3f s%s",
+                ", ".join(
+                    f"{job.request.audio.size / self.engine.sample_rate:.2f} s" for job in jobs
+                ),
+                time.monotonic() - started,
+                " (in a pause)" if jobs[0].speculative else "",
+            )
         self.requests_served += sum(not job.speculative for job in jobs)
         for job, result in zip(jobs, results, strict=True):
             if job.future.done():

@@ -40,10 +40,13 @@ from .service import AsrService
 
 _LOGGER = logging.getLogger(__name__)
 
-# Silence after speech that starts a speculative decode: measured on real speech in room
-# noise, it fires a median 0.28 s after the speech ends, and 0.3 times a command inside
-# speech (0.2 s: 0.36 times, 0.3 s: 0.08 times but 50 ms later). script/bench_vad.py.
-PAUSE_SECONDS = 0.25
+# Silence after speech that starts a speculative decode. On real speech in room noise
+# (script/bench_vad.py) 0.2 s fires a median 0.19 s after the speech ends, and 0.52 times
+# a command inside speech (0.25 s: 0.24 s and 0.35 times; 0.3 s: 0.29 s and 0.29 times).
+# The earlier start is what lets a 2-core box finish a short command's decode (0.4 s)
+# before Home Assistant's audio-stop, 0.7 s after the speech; a decode spent on a pause
+# inside the command costs CPU, but seldom time (script/bench_latency.py).
+PAUSE_SECONDS = 0.2
 # Audio every decode keeps after the last speech. Not more than PAUSE_SECONDS: the pause
 # decode must have all of it when it starts.
 TAIL_SECONDS = PAUSE_SECONDS
@@ -177,6 +180,7 @@ class Utterance:
         ):
             guess.future.cancel()  # new speech: that decode is not the answer
             self._guess = None
+            _LOGGER.debug("Pause decode of %.2f s dropped: speech again", guess.cut / self.rate)
 
     def _maybe_speculate(self) -> None:
         tracker = self._tracker
@@ -190,6 +194,7 @@ class Utterance:
         future = self.service.speculate(self._request())
         if future is not None:  # else the engine is busy: tried again with the next audio
             self._guess = _Guess(tracker.speech_end, self._cut(), future)
+            _LOGGER.debug("Pause decode of %.2f s started", self._cut() / self.rate)
 
     # --- endpointing
 
