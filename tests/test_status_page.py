@@ -23,8 +23,9 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select, WebDriverWait
+from wyoming.tts import SynthesizeVoice
 
-from wyoming_opentalker.client import synthesize, transcribe
+from wyoming_opentalker.client import synthesize, synthesize_streaming, transcribe
 from wyoming_opentalker.memory import GIB, MemoryNeed, MemoryPlan
 from wyoming_opentalker.plan import GPUS
 
@@ -252,10 +253,8 @@ def test_tts_try_it_streams_audio_of_the_right_length(
     _, body = _get(supervisor.url + "/status")
     made = next(row for row in json.loads(body)["recent"] if row["kind"] == "tts")
     assert made["via"] == "http" and made["characters"] == len(text), made
-    assert made["audio_seconds"] > 3 and abs(played - made["audio_seconds"]) < 0.005, (
-        played,
-        made,
-    )
+    assert 3 < made["audio_seconds"] < 8, made  # 80 characters at a speaking pace
+    assert abs(played - made["audio_seconds"]) < 0.005, (played, made)
     assert browser.find_element(By.ID, "tts-first-audio").text.endswith(" s")
     src = browser.find_element(By.ID, "tts-audio").get_attribute("src") or ""
     assert src.startswith("blob:"), src
@@ -408,6 +407,25 @@ def test_status_needs_the_key_directly_and_reveals_no_secrets_or_paths(box: Serv
     assert data["services"]["asr"]["model"] == "tiny.en" and data["plan"] is None
     for secret in (KEY, str(ROOT), "/usr/", "/tmp/", "site-packages", "/root"):
         assert secret not in body, secret
+
+
+def test_streamed_and_failed_wyoming_speech_are_timed(box: Server) -> None:
+    """A stream is timed from its first text; a failure is listed with its code."""
+    base = f"http://127.0.0.1:{box.ports['http']}"
+    deltas = ["The garage door ", "is open. ", "Shall I close it?"]
+    streamed = asyncio.run(synthesize_streaming(box.tts, deltas))
+    assert streamed.types[-1] == "synthesize-stopped", streamed.types
+    voice = SynthesizeVoice(name="en_US-joe-medium")
+    failed = asyncio.run(synthesize(box.tts, "今天天气很好，我们去公园散步吧。", voice))
+    assert failed.types == ["error"], failed.types
+    data = json.loads(_get(f"{base}/status", KEY)[1])
+    error, stream = [row for row in data["recent"] if row["kind"] == "tts"][:2]
+    assert error["error"] == "unsupported-language" and error["via"] == "wyoming", error
+    # The characters of the sentences spoken: the space between two is not.
+    assert stream["error"] is None and stream["characters"] == len("".join(deltas)) - 1, stream
+    assert 0 < stream["first_audio"] < 10 and stream["real_time_factor"] > 0
+    assert abs(stream["audio_seconds"] - streamed.seconds) < 0.001, (stream, streamed.seconds)
+    assert data["services"]["tts"]["requests_failed"] >= 1
 
 
 def test_ingress_port_answers_only_the_supervisor(box: Server) -> None:

@@ -56,7 +56,7 @@ class AsrTiming:
 class TtsTiming:
     """One text-to-speech request, from its first text to its last audio."""
 
-    characters: int  # text spoken (a stream: all its chunks)
+    characters: int  # in the pieces synthesised (white space between two not counted)
     started_at: float  # the first text reached the synthesiser
     finished_at: float  # the last audio was handed on (or the request failed)
     first_audio_at: float | None = None  # the first audio was ready to send
