@@ -55,6 +55,12 @@ def test_addon_config_follows_the_official_addons() -> None:
     assert config["backup_exclude"] and config["map"]
     run = ADDON / "rootfs/etc/s6-overlay/s6-rc.d/opentalker/run"
     assert os.access(run, os.X_OK) and "--options-file /data/options.json" in run.read_text()
+    # The status page through ingress: the port the run script serves it on, never
+    # published on the host, and a panel icon from Material Design Icons.
+    assert config["ingress"] is True and config["panel_title"]
+    assert config["panel_icon"].startswith("mdi:")
+    assert f"--http-ingress-port {config['ingress_port']}" in run.read_text()
+    assert f"{config['ingress_port']}/tcp" not in config["ports"]
     for name in ("DOCS.md", "CHANGELOG.md", "README.md", "Dockerfile"):
         assert (ADDON / name).is_file(), name
     assert _version() in (ADDON / "CHANGELOG.md").read_text()

@@ -144,6 +144,26 @@ def test_http_api_settings(tmp_path: Path) -> None:
             load_settings([], {"HTTP_PORT": bad} if bad else {"HTTP_PORT": ","})
 
 
+def test_ingress_listener_settings() -> None:
+    """The status page's ingress port: off by default, the Supervisor's address alone."""
+    assert Settings().http_ingress_port is None
+    assert Settings().http_ingress_allow == ("172.30.32.2",)
+    settings = load_settings(
+        ["--http-ingress-port", "8099"], {"HTTP_INGRESS_ALLOW": "127.0.0.1, ::1"}
+    )
+    assert settings.http_ingress_port == 8099 and settings.http_ingress_allow == (
+        "127.0.0.1",
+        "::1",
+    )
+    for env, match in (
+        ({"HTTP_INGRESS_PORT": "8099,8100"}, "one port"),
+        ({"HTTP_INGRESS_ALLOW": "supervisor"}, "not an IP address"),
+        ({"HTTP_ENABLED": "true", "HTTP_PORT": "8099", "HTTP_INGRESS_PORT": "8099"}, "its own"),
+    ):
+        with pytest.raises(SettingsError, match=match):
+            load_settings([], env)
+
+
 def test_the_api_key_never_reaches_the_log() -> None:
     from wyoming_opentalker.settings import describe_settings
 

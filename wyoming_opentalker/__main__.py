@@ -84,10 +84,10 @@ async def start_services(settings: Settings) -> Running:
             Endpoint(service.kind, listener.uri, listener.port)
             for service, listener in zip(running.services, running.listeners, strict=True)
         ]
-        if settings.http_enabled:
+        if settings.http_enabled or settings.http_ingress_port is not None:
             from .openai_api import OpenAiApi
 
-            running.http = OpenAiApi(settings, running.asr, running.tts, device)
+            running.http = OpenAiApi(settings, running.asr, running.tts, device, plans)
             await running.http.start()
         if settings.zeroconf:
             running.zeroconf = ZeroconfAdvertiser(settings)

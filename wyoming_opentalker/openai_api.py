@@ -16,17 +16,24 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import BodyPartReader, web
+from aiohttp.typedefs import Middleware
 
+from . import status_page
 from .asr.service import AsrService
 from .device import Device, memory_report
 from .engine import AsrRequest, AsrResult, AsrSegment, EngineError
 from .languages import NAMES
 from .media import OUTPUT_FORMATS, AudioEncoder, AudioTooLong, MediaError, decode_audio
 from .settings import Settings
+from .stats import AsrTiming
+from .status_page import StatusSource
 from .tts.service import TtsService, VoiceChoice
+
+if TYPE_CHECKING:
+    from .plan import Plans
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -78,6 +85,19 @@ class ApiError(Exception):
         return web.json_response(body, status=self.status)
 
 
+# The page's shell is fetched by a browser that cannot send a token; it holds no data.
+_PUBLIC = frozenset({"/", "/health"})
+_PAGE_HEADERS = {
+    "Content-Security-Policy": status_page.CSP,
+    "Cache-Control": "no-cache",
+    "X-Content-Type-Options": "nosniff",
+}
+
+
+def _public(path: str) -> bool:
+    return path in _PUBLIC or path.startswith("/assets/")
+
+
 @dataclass
 class _Upload:
     audio: bytes
@@ -85,7 +105,10 @@ class _Upload:
 
 
 class OpenAiApi:
-    """The aiohttp application and the sites it listens on."""
+    """The aiohttp applications and the sites they listen on: the API's own ports (bearer
+    token when ``HTTP_API_KEY`` is set) and, for Home Assistant's ingress, one port that
+    needs no token but answers the ingress proxy's address only (Home Assistant has
+    already logged the user in, and cannot add our token)."""
 
     def __init__(
         self,
@@ -93,42 +116,67 @@ class OpenAiApi:
         asr: AsrService | None,
         tts: TtsService | None,
         device: Device,
+        plans: Plans | None = None,
     ) -> None:
         self.settings = settings
         self.asr = asr
         self.tts = tts
         self.device = device
+        self.status = StatusSource(asr, tts, device, plans, time.monotonic())
         self.max_upload = int(settings.http_max_upload_mb * 1_000_000)
-        self.app = web.Application(
-            middlewares=[self._errors, self._auth], client_max_size=self.max_upload
-        )
-        self.app.router.add_post("/v1/audio/transcriptions", self.transcriptions)
-        self.app.router.add_post("/v1/audio/speech", self.speech)
-        self.app.router.add_get("/v1/models", self.models)
-        self.app.router.add_get("/health", self.health)
-        self._runner: web.AppRunner | None = None
+        self.app = self._application(self._auth)
+        self.ingress_app = self._application(self._ingress_only)
+        self._runners: list[web.AppRunner] = []
         self.urls: list[str] = []
 
+    def _application(self, guard: Middleware) -> web.Application:
+        app = web.Application(middlewares=[self._errors, guard], client_max_size=self.max_upload)
+        app.router.add_post("/v1/audio/transcriptions", self.transcriptions)
+        app.router.add_post("/v1/audio/speech", self.speech)
+        app.router.add_get("/v1/models", self.models)
+        app.router.add_get("/health", self.health)
+        app.router.add_get("/", self.page)
+        app.router.add_get("/status", self.status_data)
+        app.router.add_get("/assets/{name}", self.asset)
+        return app
+
     async def start(self) -> None:
+        host = self.settings.http_host
+        ports = self.settings.http_port if self.settings.http_enabled else ()
+        if ports:
+            self.urls += await self._serve(self.app, host, ports)
+            _LOGGER.info("OpenAI-style HTTP API and status page on %s", ", ".join(self.urls))
+        ingress = self.settings.http_ingress_port
+        if ingress is not None:
+            urls = await self._serve(self.ingress_app, host, (ingress,))
+            self.urls += urls
+            _LOGGER.info(
+                "Status page for Home Assistant's ingress on %s (answers %s only)",
+                urls[0],
+                ", ".join(self.settings.http_ingress_allow),
+            )
+
+    async def _serve(self, app: web.Application, host: str, ports: tuple[int, ...]) -> list[str]:
         # A client that hangs up cancels its handler, so its queued work is dropped.
-        self._runner = web.AppRunner(
-            self.app,
+        runner = web.AppRunner(
+            app,
             handler_cancellation=True,
             access_log=None,
             shutdown_timeout=self.settings.shutdown_grace,
         )
-        await self._runner.setup()
-        host = self.settings.http_host
-        for port in self.settings.http_port:
-            site = web.TCPSite(self._runner, host, port)
+        await runner.setup()
+        self._runners.append(runner)
+        urls = []
+        for port in ports:
+            site = web.TCPSite(runner, host, port)
             await site.start()
             shown = f"[{host}]" if ":" in host else host
-            self.urls.append(f"http://{shown}:{port}")
-        _LOGGER.info("OpenAI-style HTTP API on %s", ", ".join(self.urls))
+            urls.append(f"http://{shown}:{port}")
+        return urls
 
     async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+        for runner in self._runners:
+            await runner.cleanup()
 
     # --- middlewares
 
@@ -162,8 +210,11 @@ class OpenAiApi:
     async def _auth(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
+        """The bearer token, when one is set, on everything but the health check and the
+        page's static shell (which holds no data: a browser cannot send a header when it
+        opens a URL, so the page asks for the token and sends it on each call)."""
         key = self.settings.http_api_key
-        if key and request.path != "/health":
+        if key and not _public(request.path):
             given = request.headers.get("Authorization", "")
             scheme, _, token = given.partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(
@@ -173,6 +224,37 @@ class OpenAiApi:
                     401, "a valid API key is required (Authorization: Bearer …)", "invalid_api_key"
                 )
         return await handler(request)
+
+    @web.middleware
+    async def _ingress_only(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """The ingress port answers the Supervisor's proxy alone, which lets through only
+        users Home Assistant has logged in; everyone else is refused, token or not."""
+        if request.remote not in self.settings.http_ingress_allow:
+            raise ApiError(
+                403,
+                "this port serves Home Assistant's ingress proxy only; use the HTTP API's port",
+                "forbidden",
+            )
+        return await handler(request)
+
+    # --- the status page
+
+    async def page(self, request: web.Request) -> web.Response:
+        ingress = request.app is self.ingress_app
+        body = status_page.page(request.headers.get("X-Ingress-Path") if ingress else None)
+        return web.Response(text=body, content_type="text/html", headers=_PAGE_HEADERS)
+
+    async def asset(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        kind = status_page.ASSETS.get(name)
+        if kind is None:
+            raise ApiError(404, f"no such file: {name}", "not-found")
+        return web.Response(body=status_page.asset(name), content_type=kind, headers=_PAGE_HEADERS)
+
+    async def status_data(self, request: web.Request) -> web.Response:
+        return web.json_response(await asyncio.to_thread(self.status.snapshot))
 
     # --- speech to text
 
@@ -197,25 +279,39 @@ class OpenAiApi:
             language = asr.resolve_language(upload.fields.get("language") or None)
         except EngineError as err:
             raise ApiError.from_engine(err, "language") from None
+        received = time.monotonic()
+        duration = 0.0
+
+        def timing(error: str | None = None) -> AsrTiming:
+            # The whole file had arrived: "audio-stop" is when its upload ended.
+            return AsrTiming(
+                duration, duration, "upload", False, received, time.monotonic(),
+                stop_at=received, error=error, via="http",
+            )  # fmt: skip
+
         try:
-            audio = await asyncio.to_thread(
-                decode_audio, upload.audio, asr.engine.sample_rate, asr.max_audio_seconds
+            try:
+                audio = await asyncio.to_thread(
+                    decode_audio, upload.audio, asr.engine.sample_rate, asr.max_audio_seconds
+                )
+            except AudioTooLong as err:
+                raise ApiError(413, str(err), "too-long", "file") from None
+            except MediaError as err:
+                raise ApiError(400, str(err), "bad-audio-format", "file") from None
+            duration = audio.size / asr.engine.sample_rate
+            prompt = upload.fields.get("prompt", "").strip()
+            timed = fmt in ("verbose_json", "srt", "vtt")
+            result = await asr.transcribe(
+                AsrRequest(audio, language, (prompt,) if prompt else (), timestamps=timed)
             )
-        except AudioTooLong as err:
-            raise ApiError(413, str(err), "too-long", "file") from None
-        except MediaError as err:
-            raise ApiError(400, str(err), "bad-audio-format", "file") from None
-        prompt = upload.fields.get("prompt", "").strip()
-        timed = fmt in ("verbose_json", "srt", "vtt")
-        started = time.monotonic()
-        result = await asr.transcribe(
-            AsrRequest(audio, language, (prompt,) if prompt else (), timestamps=timed)
-        )
-        duration = audio.size / asr.engine.sample_rate
+        except (ApiError, EngineError) as err:
+            asr.record(timing(err.code or "error"))
+            raise
+        asr.record(timing())
         _LOGGER.info(
             "HTTP transcribed %.1f s of audio in %.3f s: %s",
             duration,
-            time.monotonic() - started,
+            time.monotonic() - received,
             result.text,
         )
         return _transcript_response(result, fmt, duration)
@@ -343,7 +439,7 @@ class OpenAiApi:
         """Send audio as each piece is synthesised (chunked transfer). Errors before the
         first piece are JSON errors; after it the status is sent, so the connection is
         cut instead — a truncated file, never a complete-looking wrong one."""
-        audio = tts.synthesize(chunks, choice)
+        audio = tts.synthesize(chunks, choice, via="http")
         try:
             first = await anext(audio, None)
             encoder = AudioEncoder(fmt, tts.engine.sample_rate, speed)

@@ -12,6 +12,7 @@ bad one stops the program with a single line naming the setting and the value.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 import types
@@ -138,6 +139,27 @@ def _ports(raw: str) -> tuple[int, ...]:
     if not ports:
         raise ValueError("expected at least one port")
     return tuple(dict.fromkeys(ports))
+
+
+def _optional_port(raw: str) -> int | None:
+    if not raw.strip():
+        return None
+    ports = _ports(raw)
+    if len(ports) != 1:
+        raise ValueError("expected one port number")
+    return ports[0]
+
+
+def _addresses(raw: str) -> tuple[str, ...]:
+    addresses = []
+    for part in _list(raw):
+        try:
+            addresses.append(str(ipaddress.ip_address(part.strip("[]"))))
+        except ValueError:
+            raise ValueError(f"{part!r} is not an IP address") from None
+    if not addresses:
+        raise ValueError("expected at least one IP address")
+    return tuple(addresses)
 
 
 def _host(raw: str) -> str:
@@ -455,6 +477,20 @@ class Settings:
         _float_above(0, inclusive=False),
         "largest HTTP upload accepted, in MB",
     )
+    # Home Assistant's ingress: the status page in the add-on's panel, behind HA's login
+    http_ingress_port: int | None = setting(
+        None,
+        "HTTP_INGRESS_PORT",
+        _optional_port,
+        "also serve the HTTP API and status page on this port, without the bearer token, "
+        "to the ingress proxy only (HTTP_INGRESS_ALLOW); works with the API off",
+    )
+    http_ingress_allow: tuple[str, ...] = setting(
+        ("172.30.32.2",),
+        "HTTP_INGRESS_ALLOW",
+        _addresses,
+        "addresses the ingress port answers, comma-separated (Home Assistant's Supervisor)",
+    )
     # Discovery
     zeroconf: bool = setting(
         False,
@@ -737,6 +773,11 @@ def _apply_model_name(
 def _check_uris(settings: Settings) -> None:
     if set(SERVICES) <= set(settings.services) and settings.asr_uri == settings.tts_uri:
         raise SettingsError(f"ASR and TTS cannot both listen on {settings.asr_uri}")
+    if settings.http_enabled and settings.http_ingress_port in settings.http_port:
+        raise SettingsError(
+            f"HTTP_INGRESS_PORT={settings.http_ingress_port} is also in HTTP_PORT: the ingress "
+            "port needs no API key, so it must be a port of its own"
+        )
 
 
 _SECRETS = frozenset({"http_api_key"})

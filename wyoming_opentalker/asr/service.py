@@ -30,7 +30,7 @@ from ..engine import (
 )
 from ..languages import language_code
 from ..settings import Settings
-from ..stats import AsrTiming, Recent
+from ..stats import AsrTiming, Recent, Tally
 from ..vad import speech_detector
 
 _LOGGER = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ class _Job:
 
 
 @dataclass
-class AsrService:
+class AsrService(Tally[AsrTiming]):
     """A loaded engine, its worker thread, the batcher, and what ``info`` says.
 
     Requests whose audio has ended queue in arrival order. Whenever the engine is free,
@@ -84,7 +84,7 @@ class AsrService:
     speculative_decodes: int = 0  # started; each also counted when its answer was used
     speculative_used: int = 0
     requests_failed: int = 0
-    recent: Recent = field(default_factory=Recent)
+    recent: Recent[AsrTiming] = field(default_factory=Recent)
 
     def __post_init__(self) -> None:
         self.info_event: Event = self._build_info().event()
@@ -202,12 +202,6 @@ class AsrService:
         self.speculative_decodes += 1
         self._wake.set()
         return future
-
-    def record(self, timing: AsrTiming) -> None:
-        """Remember a finished Wyoming request's timings (the HTTP status shows them)."""
-        self.recent.append(timing)
-        if timing.error is not None:
-            self.requests_failed += 1
 
     def adopted(self) -> None:
         """A speculative answer was sent to its client: it counts as a request served."""

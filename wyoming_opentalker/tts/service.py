@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import time
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -32,6 +33,7 @@ from ..engine import (
 )
 from ..languages import language_code, reads
 from ..settings import Settings
+from ..stats import Recent, Tally, TtsTiming
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -118,14 +120,46 @@ class AudioPipe:
 
 
 @dataclass
-class TtsService:
-    """A loaded engine, its worker thread, and what ``info`` says about it."""
+class _Meter:
+    """One request's figures while it runs; ``timing`` makes its ``TtsTiming``."""
+
+    voice: str
+    via: str
+    characters: int = 0
+    started_at: float | None = None
+    first_audio_at: float | None = None
+    samples: int = 0
+    synthesis_seconds: float = 0.0  # added on the worker thread, read once it is done
+
+    def timing(self, rate: int, error: str | None) -> TtsTiming:
+        now = time.monotonic()
+        return TtsTiming(
+            characters=self.characters,
+            started_at=self.started_at if self.started_at is not None else now,
+            finished_at=now,
+            first_audio_at=self.first_audio_at,
+            audio_seconds=self.samples / rate,
+            synthesis_seconds=self.synthesis_seconds,
+            voice=self.voice,
+            error=error,
+            via=self.via,
+        )
+
+
+@dataclass
+class TtsService(Tally[TtsTiming]):
+    """A loaded engine, its worker thread, and what ``info`` says about it. Every
+    request's timings are taken here, in ``synthesize``, so Wyoming and HTTP requests are
+    measured by the same code."""
 
     kind: ClassVar[str] = "tts"
     engine: TtsEngine
     settings: Settings
     worker: InferenceWorker = field(default_factory=lambda: InferenceWorker("tts"))
     active_requests: int = 0
+    requests_served: int = 0
+    requests_failed: int = 0
+    recent: Recent[TtsTiming] = field(default_factory=Recent)
 
     def __post_init__(self) -> None:
         self.info_event: Event = self._build_info().event()
@@ -284,12 +318,20 @@ class TtsService:
         )
 
     async def synthesize(
-        self, texts: AsyncIterable[str] | Iterable[str], choice: VoiceChoice
+        self,
+        texts: AsyncIterable[str] | Iterable[str],
+        choice: VoiceChoice,
+        *,
+        via: str = "wyoming",
     ) -> AsyncGenerator[np.ndarray, None]:
         """Audio for a sequence of chunks (a list, or a stream still being written),
         pipelined: chunk k+1 is synthesised while chunk k is being sent, and each piece is
-        yielded the moment the engine makes it."""
+        yielded the moment the engine makes it. The request's timings are recorded when it
+        ends or fails (not when its client leaves)."""
+        meter = _Meter(choice.voice, via)
+        rate = self.engine.sample_rate
         if self.active_requests >= self.settings.max_queue:
+            self.record(meter.timing(rate, "busy"))
             raise EngineError(
                 f"text-to-speech is busy ({self.active_requests} requests in progress); try again",
                 "busy",
@@ -297,15 +339,31 @@ class TtsService:
         self.active_requests += 1
         pipe = AudioPipe(asyncio.get_running_loop())
         source = texts if isinstance(texts, AsyncIterable) else _each(texts)
-        producer = asyncio.create_task(self._produce(source, choice, pipe))
+        producer = asyncio.create_task(self._produce(source, choice, pipe, meter))
+        error: str | None = None
+        done = False
         try:
             async for piece in pipe.pieces():
+                if meter.first_audio_at is None:
+                    meter.first_audio_at = time.monotonic()
+                meter.samples += piece.size
                 yield piece
             await producer
+            done = True
+        except EngineError as err:
+            error = err.code
+            raise
+        except Exception:
+            error = "internal"
+            raise
         finally:
             self.active_requests -= 1
             producer.cancel()
             await asyncio.gather(producer, return_exceptions=True)
+            if done or error is not None:
+                if done:
+                    self.requests_served += 1
+                self.record(meter.timing(rate, error))
 
     def _reader(self, choice: VoiceChoice, text: str) -> tuple[str, str | None]:
         """The chosen voice, or, when the request named none and that voice cannot read
@@ -320,22 +378,31 @@ class TtsService:
         return (other.name, None) if other is not None else (choice.voice, choice.speaker)
 
     async def _produce(
-        self, texts: AsyncIterable[str], choice: VoiceChoice, pipe: AudioPipe
+        self, texts: AsyncIterable[str], choice: VoiceChoice, pipe: AudioPipe, meter: _Meter
     ) -> None:
         limit = int(MAX_BUFFERED_SECONDS * self.engine.sample_rate)
         try:
             async for text in texts:
+                if meter.started_at is None:  # a stream's clock starts with its first text
+                    meter.started_at = time.monotonic()
+                meter.characters += len(text)
                 await pipe.wait_below(limit)
                 voice, speaker = self._reader(choice, text)
+                meter.voice = voice
                 request = TtsRequest(text, voice, speaker, choice.language)
-                await self.worker.run(self._synthesize_into, request, pipe)
+                await self.worker.run(self._synthesize_into, request, pipe, meter)
         except Exception as err:
             pipe.close(err)
         else:
             pipe.close()
 
-    def _synthesize_into(self, request: TtsRequest, pipe: AudioPipe) -> None:
-        """Runs on the worker thread."""
-        for piece in self.engine.synthesize(request):
-            if piece.size:
-                pipe.put_threadsafe(piece)
+    def _synthesize_into(self, request: TtsRequest, pipe: AudioPipe, meter: _Meter) -> None:
+        """Runs on the worker thread; the engine's own time is what the real-time factor
+        counts (not time queued behind another request)."""
+        started = time.monotonic()
+        try:
+            for piece in self.engine.synthesize(request):
+                if piece.size:
+                    pipe.put_threadsafe(piece)
+        finally:
+            meter.synthesis_seconds += time.monotonic() - started
