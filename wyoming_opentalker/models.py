@@ -339,6 +339,30 @@ def _absence(cache: Path, repo_id: str, name: str) -> str:
     return "is not in the cache"
 
 
+class Located:
+    """A model's files for ``load_checked``: the first call resolves them (or takes
+    ``first``), later ones resolve again, which fetches what was moved aside as damaged.
+    ``resolved`` is where the loaded model came from."""
+
+    def __init__(
+        self, again: Callable[[], ResolvedModel], first: ResolvedModel | None = None
+    ) -> None:
+        self._again = again
+        self._resolved = first
+        self._calls = 0
+
+    def __call__(self) -> list[Path]:
+        self._calls += 1
+        if self._resolved is None or self._calls > 1:
+            self._resolved = self._again()
+        return [self._resolved.path]
+
+    @property
+    def resolved(self) -> ResolvedModel:
+        assert self._resolved is not None, "called before the model was located"
+        return self._resolved
+
+
 def load_checked(
     what: str,
     resolve: Callable[[], list[Path]],

@@ -13,7 +13,7 @@ import numpy as np
 from ..device import Device, choose_ct2_compute_type
 from ..engine import AsrEngine, AsrRequest, AsrResult, AsrSegment, EngineInfo, LoadPlan
 from ..memory import GIB, MemoryNeed
-from ..models import ModelSource, ResolvedModel, assemble, load_checked, resolve_configured
+from ..models import Located, ModelSource, ResolvedModel, assemble, load_checked, resolve_configured
 from ..settings import Settings
 
 _LOGGER = logging.getLogger(__name__)
@@ -119,12 +119,7 @@ class FasterWhisperEngine(AsrEngine):
 
         settings, device = plan.settings, plan.device
         compute_type = plan.precision
-        resolved: ResolvedModel | None = None
-
-        def locate() -> list[Path]:
-            nonlocal resolved
-            resolved = resolve(settings)  # again after a failure: fetches what was damaged
-            return [resolved.path]
+        located = Located(lambda: resolve(settings))
 
         def load(paths: list[Path]) -> Any:
             return faster_whisper.WhisperModel(
@@ -135,8 +130,8 @@ class FasterWhisperEngine(AsrEngine):
                 local_files_only=True,
             )
 
-        self._model = load_checked("the Whisper model", locate, load, settings)
-        assert resolved is not None
+        self._model = load_checked("the Whisper model", located, load, settings)
+        resolved = located.resolved
         self._beam_size = settings.asr_beam_size
         self._initial_prompt = settings.asr_initial_prompt
         self._hints = settings.asr_hints

@@ -49,7 +49,7 @@ from ..memory import (
     read_headers,
     stronger_fixes,
 )
-from ..models import ModelSource, ResolvedModel, load_checked, resolve_configured
+from ..models import Located, ModelSource, ResolvedModel, load_checked, resolve_configured
 from ..quant import auto_modes, configured_mode, weight_bytes
 from ..settings import Settings
 
@@ -271,16 +271,10 @@ class Qwen3AsrEngine(AsrEngine):
                 max_new_tokens=self._max_new_tokens,
             )
 
-        tries = 0
+        located = Located(lambda: resolve(settings), resolved)
 
-        def locate() -> list[Path]:
-            nonlocal resolved, tries
-            tries += 1
-            if tries > 1:  # after damaged files were moved aside: fetch them again
-                resolved = resolve(settings)
-            return [resolved.path]
-
-        self._model = load_checked("the Qwen3-ASR checkpoint", locate, load, settings)
+        self._model = load_checked("the Qwen3-ASR checkpoint", located, load, settings)
+        resolved = located.resolved
         thinker = self._model.model.thinker
         # Generation reads only the last position's logits: compute only those.
         self._last_only = thinker.lm_head.register_forward_pre_hook(

@@ -53,7 +53,7 @@ from ..memory import (
     read_headers,
     stronger_fixes,
 )
-from ..models import ModelSource, ResolvedModel, load_checked, resolve_configured
+from ..models import Located, ModelSource, ResolvedModel, load_checked, resolve_configured
 from ..quant import auto_modes, configured_mode, weight_bytes
 from ..settings import Settings
 from .qwen3_codec import StreamingCodec
@@ -388,20 +388,14 @@ class Qwen3TtsEngine(TtsEngine):
         _LOGGER.info("Qwen3-TTS talker precision: %s (%s)", plan.precision, plan.reason)
         if not device.is_cuda:
             cpu_speed_warning("Qwen3-TTS", "minutes per sentence on 2 cores")
-        tries = 0
-
-        def locate() -> list[Path]:
-            nonlocal resolved, tries
-            tries += 1
-            if tries > 1:  # after damaged files were moved aside: fetch them again
-                resolved = resolve(settings)
-            return [resolved.path]
+        located = Located(lambda: resolve(settings), resolved)
 
         def load(paths: list[Path]) -> Any:
             dtype = getattr(torch, plan.precision)
             return load_lean(str(paths[0]), dtype, device.name, self.quantization)
 
-        self._model = load_checked("the Qwen3-TTS checkpoint", locate, load, settings)
+        self._model = load_checked("the Qwen3-TTS checkpoint", located, load, settings)
+        resolved = located.resolved
         codec = self._model.model.speech_tokenizer
         self._codec = codec.model
         self._rate = int(self._codec.get_output_sample_rate())
