@@ -373,27 +373,24 @@ def load_checked(
     damaged ones are moved aside and fetched again (online) before one more try, or the
     start stops with one line naming them. Files that are sound but still refused give
     one line with the library's reason: never a traceback."""
-    files = resolve()
-    try:
-        return load(files)
-    except (ModelError, KeyboardInterrupt, SystemExit):
-        raise
-    except Exception as err:
-        reason = _reason(err)
-    damages = check(files, ledger(settings.cache_dir), full=True)
-    if not damages:
-        raise ModelError(f"{what} in {files[0]} cannot be loaded: {reason}")
-    _refuse_damaged(damages, local_files_only=settings.local_files_only)
-    _LOGGER.warning("%s (%s): downloading it again", _damage_text(damages), reason)
-    files = resolve()
-    try:
-        return load(files)
-    except (ModelError, KeyboardInterrupt, SystemExit):
-        raise
-    except Exception as err:
-        raise ModelError(
-            f"{what} in {files[0]} cannot be loaded even after downloading it again: {_reason(err)}"
-        ) from None
+    for again in (False, True):
+        files = resolve()
+        try:
+            return load(files)
+        except (ModelError, KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as err:
+            reason = _reason(err)
+        if again:
+            raise ModelError(
+                f"{what} in {files[0]} cannot be loaded even after downloading it again: {reason}"
+            )
+        damages = check(files, ledger(settings.cache_dir), full=True)
+        if not damages:
+            raise ModelError(f"{what} in {files[0]} cannot be loaded: {reason}")
+        _refuse_damaged(damages, local_files_only=settings.local_files_only)
+        _LOGGER.warning("%s (%s): downloading it again", _damage_text(damages), reason)
+    raise AssertionError("the second attempt returns or raises")
 
 
 def _reason(err: BaseException) -> str:
