@@ -173,10 +173,12 @@ class AsrHandler(Handler):
         except EngineError as err:
             self.service.record(utterance.timing(time.monotonic(), error=err.code))
             raise
-        await self.write_event(Transcript(text=result.text, language=result.language).event())
+        # Recorded and logged just before the transcript goes out, so anyone who has the
+        # transcript finds the request in the log and on the status page.
         timing = utterance.timing(time.monotonic(), speculative=speculative)
         self.service.record(timing)
         _LOGGER.info("%s: %s", _describe(timing), result.text)
+        await self.write_event(Transcript(text=result.text, language=result.language).event())
 
     async def disconnected(self) -> None:
         if self._utterance is not None:
