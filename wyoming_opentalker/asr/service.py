@@ -266,14 +266,15 @@ class AsrService(Tally[AsrTiming]):
         finally:
             self._busy = False
             self._wake.set()  # a speculation waiting for the engine may now go
-            _LOGGER.debug(
-                "Decoded %s in %.3f s%s",
-                ", ".join(
-                    f"{job.request.audio.size / self.engine.sample_rate:.2f} s" for job in jobs
-                ),
-                time.monotonic() - started,
-                " (in a pause)" if jobs[0].speculative else "",
-            )
+            if _LOGGER.isEnabledFor(logging.DEBUG):  # the per-job text only when it is read
+                _LOGGER.debug(
+                    "Decoded %s in %.3f s%s",
+                    ", ".join(
+                        f"{job.request.audio.size / self.engine.sample_rate:.2f} s" for job in jobs
+                    ),
+                    time.monotonic() - started,
+                    " (in a pause)" if jobs[0].speculative else "",
+                )
         self.requests_served += sum(not job.speculative for job in jobs)
         for job, result in zip(jobs, results, strict=True):
             if job.future.done():

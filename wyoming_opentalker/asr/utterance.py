@@ -193,8 +193,8 @@ class Utterance:
             return
         future = self.service.speculate(self._request())
         if future is not None:  # else the engine is busy: tried again with the next audio
-            self._guess = _Guess(tracker.speech_end, self._cut(), future)
-            _LOGGER.debug("Pause decode of %.2f s started", self._cut() / self.rate)
+            self._guess = guess = _Guess(tracker.speech_end, self._cut(), future)
+            _LOGGER.debug("Pause decode of %.2f s started", guess.cut / self.rate)
 
     # --- endpointing
 
