@@ -149,7 +149,8 @@ def main() -> None:
     qtts.tts_precision = lambda *_a, **_k: forced  # type: ignore[assignment]
     settings = load_settings(
         [
-            *("--asr-engine", "qwen3-asr", "--asr-model", str(asr_path)),
+            *("--asr-engine", "qwen3-asr", "--qwen-asr-runtime", "torch"),
+            *("--asr-model", str(asr_path)),
             *("--tts-engine", "qwen3-tts", "--tts-model", str(tts_path)),
             *("--qwen-asr-max-batch-size", "4"),
             # Random weights never stop: the answers are capped so the CPU finishes; the

@@ -44,6 +44,7 @@ def strict(
         models = tmp_path_factory.mktemp("hostile-qwen")
         engines = [
             "--asr-engine=qwen3-asr",
+            "--qwen-asr-runtime=torch",
             f"--asr-model={build_qwen3_asr(models / 'asr')}",
             "--qwen-asr-max-new-tokens=8",
             "--tts-engine=qwen3-tts",

@@ -514,6 +514,7 @@ def test_qwen_engines_over_http(tmp_path_factory: pytest.TempPathFactory) -> Non
         tmp_path_factory.mktemp("http-qwen-server"),
         ("asr", "tts"),
         "--asr-engine=qwen3-asr",
+        "--qwen-asr-runtime=torch",
         f"--asr-model={build_qwen3_asr(models / 'asr')}",
         "--qwen-asr-max-new-tokens=8",
         "--tts-engine=qwen3-tts",

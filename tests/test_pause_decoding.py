@@ -236,7 +236,7 @@ def qwen_pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server
     from tests.qwen_models import build_qwen3_asr
 
     model = build_qwen3_asr(tmp_path_factory.mktemp("qwen3-asr") / "Qwen3-ASR-tiny")
-    flags = ("--asr-engine", "qwen3-asr", "--asr-model", str(model))
+    flags = ("--asr-engine", "qwen3-asr", "--qwen-asr-runtime", "torch", "--asr-model", str(model))
     flags += ("--qwen-asr-max-new-tokens", "8", "--no-asr-endpointing")
     on = start_server(tmp_path_factory.mktemp("qwen-on"), ("asr",), *flags)
     off = start_server(tmp_path_factory.mktemp("qwen-off"), ("asr",), *flags, "--no-asr-speculate")

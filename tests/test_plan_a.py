@@ -49,6 +49,8 @@ def _settings(asr: Path, tts: Path, *extra: str) -> Any:
         [
             "--asr-engine",
             "qwen3-asr",
+            "--qwen-asr-runtime",
+            "torch",
             "--asr-model",
             str(asr),
             "--tts-engine",

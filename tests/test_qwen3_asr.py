@@ -39,6 +39,8 @@ def qwen_server(qwen_model: Path, tmp_path_factory: pytest.TempPathFactory) -> I
         ("asr",),
         "--asr-engine",
         "qwen3-asr",
+        "--qwen-asr-runtime",
+        "torch",
         "--asr-model",
         str(qwen_model),
         "--qwen-asr-max-new-tokens",

@@ -218,12 +218,58 @@ def _one_line(err: BaseException) -> str:
     return text[0] if text else type(err).__name__
 
 
+def convert_main(argv: Sequence[str]) -> int:
+    """``wyoming-opentalker convert-qwen3-asr``: a Qwen3-ASR checkpoint to the ONNX graphs
+    the CPU engine loads (what a first start does by itself), e.g. to prepare a model on
+    a larger machine and copy the folder over (``ASR_MODEL=<folder>``)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="wyoming-opentalker convert-qwen3-asr",
+        description="Convert a Qwen3-ASR checkpoint for the CPU engine (ONNX).",
+    )
+    parser.add_argument("--model", default=None, help="checkpoint folder or hub id")
+    parser.add_argument("--output", required=True, help="folder to write (replaced when done)")
+    parser.add_argument(
+        "--quant", default="int8-int4", choices=("int8-int4", "int8", "int4", "none")
+    )
+    options = parser.parse_args(list(argv))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("onnxruntime", "onnxruntime.quantization", "root"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from pathlib import Path
+
+    from .asr.qwen3_asr import resolve
+    from .asr.qwen3_onnx_export import convert
+
+    try:
+        settings = load_settings([])
+        if options.model is not None:
+            from dataclasses import replace
+
+            settings = replace(settings, asr_model=options.model)
+        resolved = resolve(settings)
+        convert(
+            resolved.path,
+            Path(options.output).expanduser(),
+            options.quant,
+            progress=_LOGGER.info,
+            source_name=resolved.name,
+        )
+    except (ModelError, OSError, ValueError, ImportError) as err:
+        print(f"wyoming-opentalker convert-qwen3-asr: error: {_one_line(err)}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["plan"]:
         from .plan import plan_main
 
         sys.exit(plan_main(args[1:]))
+    if args[:1] == ["convert-qwen3-asr"]:
+        sys.exit(convert_main(args[1:]))
     try:
         settings = load_settings(argv)
     except SettingsError as err:

@@ -142,3 +142,24 @@ def fade_edges(
     if end:
         out[-length:] *= ramp[::-1]
     return out
+
+
+def split_at_quiet(
+    samples: np.ndarray, rate: int, max_seconds: float, search_seconds: float = 5.0
+) -> list[np.ndarray]:
+    """Cut ``samples`` into pieces of at most ``max_seconds``, each cut placed in the
+    quietest 100 ms of the last ``search_seconds`` before the limit (a pause between
+    words, so no word is cut in half). The pieces put back together are the input."""
+    limit = int(max_seconds * rate)
+    window = max(1, rate // 10)
+    search = min(int(search_seconds * rate), limit // 2)
+    pieces: list[np.ndarray] = []
+    start = 0
+    while len(samples) - start > limit:
+        left = start + limit - search
+        energy = np.convolve(np.abs(samples[left : start + limit]), np.ones(window), "valid")
+        cut = left + int(np.argmin(energy)) + window // 2 if len(energy) else start + limit
+        pieces.append(samples[start:cut])
+        start = cut
+    pieces.append(samples[start:])
+    return pieces

@@ -15,16 +15,19 @@ from dataclasses import dataclass
 class Backend:
     """One engine: its name (the ``ASR_ENGINE``/``TTS_ENGINE`` value), the module holding
     it (imported on first use, so an optional extra matters only when its engine is
-    chosen) and its engine class there."""
+    chosen), its engine class there, and the backend that runs the same model better
+    without a GPU (Qwen3-ASR: ONNX), chosen by ``runtime``."""
 
     name: str
     module: str
     engine: str
+    cpu: str | None = None  # the backend serving this model on the CPU, where it has one
 
 
 _ASR = (
     Backend("faster-whisper", "wyoming_opentalker.asr.faster_whisper", "FasterWhisperEngine"),
-    Backend("qwen3-asr", "wyoming_opentalker.asr.qwen3_asr", "Qwen3AsrEngine"),
+    Backend("qwen3-asr", "wyoming_opentalker.asr.qwen3_asr", "Qwen3AsrEngine", "qwen3-asr-onnx"),
+    Backend("qwen3-asr-onnx", "wyoming_opentalker.asr.qwen3_asr_onnx", "Qwen3AsrOnnxEngine"),
 )
 _TTS = (
     Backend("piper", "wyoming_opentalker.tts.piper", "PiperEngine"),
@@ -32,3 +35,11 @@ _TTS = (
 )
 ASR_BACKENDS = {backend.name: backend for backend in _ASR}
 TTS_BACKENDS = {backend.name: backend for backend in _TTS}
+
+
+def runtime_backend(backend: Backend, runtime: str, on_gpu: bool) -> str:
+    """The backend that serves ``backend``'s model: its CPU sibling when ``runtime`` is
+    ``onnx``, or ``auto`` without a GPU; else itself."""
+    if backend.cpu is not None and (runtime == "onnx" or (runtime == "auto" and not on_gpu)):
+        return backend.cpu
+    return backend.name

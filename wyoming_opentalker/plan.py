@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from .asr.service import asr_plan
-from .backends import ASR_BACKENDS, TTS_BACKENDS
+from .backends import ASR_BACKENDS, TTS_BACKENDS, runtime_backend
 from .device import Device, GpuInfo, gpu_info
 from .engine import Engine, engine_class, pick_backend
 from .memory import HEADROOM_BYTES, MIB, MemoryFix, MemoryPlan, gib
@@ -70,9 +70,14 @@ def memory_plan(settings: Settings, device: Device) -> MemoryPlan:
     return plan
 
 
-def _backends(settings: Settings) -> tuple[type[Engine] | None, type[Engine] | None]:
+def _backends(
+    settings: Settings, on_gpu: bool = True
+) -> tuple[type[Engine] | None, type[Engine] | None]:
     """The configured ASR and TTS engine classes (None for a service not configured)."""
-    asr = engine_class(pick_backend(ASR_BACKENDS, settings.asr_engine))
+    name = runtime_backend(
+        pick_backend(ASR_BACKENDS, settings.asr_engine), settings.qwen_asr_runtime, on_gpu
+    )
+    asr = engine_class(pick_backend(ASR_BACKENDS, name))
     tts = engine_class(pick_backend(TTS_BACKENDS, settings.tts_engine))
     return (
         asr if "asr" in settings.services else None,
@@ -83,7 +88,7 @@ def _backends(settings: Settings) -> tuple[type[Engine] | None, type[Engine] | N
 def _candidates(settings: Settings, device: Device) -> Iterator[Settings]:
     """Concrete settings for every ``auto`` choice, most preferred first: the TTS
     backend's choices vary slowest, so the talker is compromised last."""
-    asr, tts = _backends(settings)
+    asr, tts = _backends(settings, device.is_cuda)
     asr_choices = asr.auto_choices(settings, device) if asr else [{}]
     tts_choices = tts.auto_choices(settings, device) if tts else [{}]
     seen: set[tuple[tuple[str, Any], ...]] = set()

@@ -305,6 +305,24 @@ class Settings:
         _choice(QUANT_MODES),
         "Qwen3-ASR weight-only quantisation of linear layers: auto (by GPU), none, int8, nf4",
     )
+    qwen_asr_runtime: str = setting(
+        "auto",
+        "QWEN_ASR_RUNTIME",
+        _choice(("auto", "torch", "onnx")),
+        "Qwen3-ASR runtime: auto (PyTorch on a GPU, ONNX without one), torch, onnx (CPU)",
+    )
+    qwen_asr_onnx_quant: str = setting(
+        "int8-int4",
+        "QWEN_ASR_ONNX_QUANT",
+        _choice(("int8-int4", "int8", "int4", "none")),
+        "Qwen3-ASR ONNX weights: int8 encoder + int4 decoder, int8, int4, none (FP32)",
+    )
+    qwen_asr_threads: int | None = setting(
+        None,
+        "QWEN_ASR_THREADS",
+        _int_at_least(1),
+        "CPU threads for Qwen3-ASR ONNX (default: onnxruntime's, one per core)",
+    )
     asr_speculate: bool = setting(
         True,
         "ASR_SPECULATE",

@@ -23,6 +23,7 @@ import gc
 import json
 import logging
 import time
+from abc import abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from ..audio import split_at_quiet
 from ..device import (
     Device,
     Precision,
@@ -182,7 +184,102 @@ class _NonFinite:
         )
 
 
-class Qwen3AsrEngine(AsrEngine):
+class Qwen3AsrPieces(AsrEngine):
+    """What both Qwen3-ASR runtimes (PyTorch here, ONNX in ``qwen3_asr_onnx``) share:
+    requests cut into pieces of at most ``PIECE_SECONDS``, pieces grouped into batches
+    within the token budget, hints fitted into the context, pieces joined again. A
+    runtime supplies ``_decode`` (one batch) and ``_count_tokens``."""
+
+    max_batch_size = 1
+    _budget = 0
+    _max_new_tokens = 512
+    _hints: tuple[str, ...] = ()
+
+    @abstractmethod
+    def _decode(self, batch: list[_Piece]) -> list[_Outcome]:
+        """Transcribe one batch of pieces: a result or an error for each."""
+
+    @abstractmethod
+    def _count_tokens(self, text: str) -> int:
+        """How many tokens ``text`` is in the model's tokenizer."""
+
+    def transcribe(self, requests: Sequence[AsrRequest]) -> list[AsrResult | EngineError]:
+        """Cut each request into pieces, decode them in batches of at most
+        ``max_batch_size``, and join each request's pieces again."""
+        pieces: list[_Piece] = []
+        for index, request in enumerate(requests):
+            name = language_name(request.language) if request.language else None
+            if request.language and name is None:
+                raise EngineError(f"Qwen3-ASR has no language {request.language!r}")
+            context, hint_tokens = self._context(request.hints)
+            for wav in split_at_quiet(request.audio, SAMPLE_RATE, PIECE_SECONDS):
+                tokens = piece_tokens(len(wav) / SAMPLE_RATE, hint_tokens, self._max_new_tokens)
+                pieces.append(_Piece(index, wav, context, name, tokens))
+        outcomes: list[_Outcome] = []
+        for batch in self._batches(pieces):
+            outcomes.extend(self._decode(batch))
+        results: list[AsrResult | EngineError] = []
+        for index in range(len(requests)):
+            mine = [
+                out for piece, out in zip(pieces, outcomes, strict=True) if piece.request == index
+            ]
+            failed = next((out for out in mine if isinstance(out, EngineError)), None)
+            if failed is not None:
+                results.append(failed)
+                continue
+            texts = [out.text for out in mine if isinstance(out, AsrResult)]
+            language = next(
+                (out.language for out in mine if isinstance(out, AsrResult) and out.language),
+                None,
+            )
+            results.append(AsrResult(text=_join(texts), language=language))
+        return results
+
+    def _batches(self, pieces: list[_Piece]) -> Iterator[list[_Piece]]:
+        """Pieces in order, grouped while the padded batch stays within the token budget
+        and ``max_batch_size``."""
+        batch: list[_Piece] = []
+        longest = 0
+        for piece in pieces:
+            tokens = piece.tokens
+            padded = (len(batch) + 1) * max(longest, tokens)
+            if batch and (len(batch) >= self.max_batch_size or padded > self._budget):
+                yield batch
+                batch, longest = [], 0
+            batch.append(piece)
+            longest = max(longest, tokens)
+        if batch:
+            yield batch
+
+    def _context(self, hints: Sequence[str]) -> tuple[str, int]:
+        """Qwen's hotword mechanism: biasing words go in as system-prompt context, as many
+        as fit ``MAX_HINT_TOKENS`` (request hints first, then ``ASR_HINTS``); returns the
+        context and its token count."""
+        words = list(dict.fromkeys((*hints, *self._hints)))
+        context = ", ".join(words)
+        count = self._count_tokens(context) if words else 0
+        if count <= MAX_HINT_TOKENS:
+            return context, count
+        kept: list[str] = []
+        count = 0
+        for word in words:
+            trial = self._count_tokens(", ".join([*kept, word]))
+            if trial > MAX_HINT_TOKENS:
+                break
+            kept.append(word)
+            count = trial
+        _LOGGER.info(
+            "Using %d of %d hints (at most %d tokens)", len(kept), len(words), MAX_HINT_TOKENS
+        )
+        return ", ".join(kept), count
+
+    @staticmethod
+    def _code(name: str) -> str | None:
+        first = name.split(",", 1)[0].strip().lower() if name else ""
+        return CODES.get(first)
+
+
+class Qwen3AsrEngine(Qwen3AsrPieces):
     """``Qwen3ASRModel`` loaded through its own ``from_pretrained``, like real weights."""
 
     @classmethod
@@ -329,58 +426,6 @@ class Qwen3AsrEngine(AsrEngine):
     def languages(self) -> list[str]:
         return self._languages
 
-    def transcribe(self, requests: Sequence[AsrRequest]) -> list[AsrResult | EngineError]:
-        """Cut each request into pieces, decode them in batches of at most
-        ``max_batch_size``, and join each request's pieces again."""
-        from qwen_asr.inference.utils import split_audio_into_chunks
-
-        pieces: list[_Piece] = []
-        for index, request in enumerate(requests):
-            name = language_name(request.language) if request.language else None
-            if request.language and name is None:
-                raise EngineError(f"Qwen3-ASR has no language {request.language!r}")
-            context, hint_tokens = self._context(request.hints)
-            for wav, _offset in split_audio_into_chunks(
-                request.audio, SAMPLE_RATE, max_chunk_sec=PIECE_SECONDS
-            ):
-                tokens = piece_tokens(len(wav) / SAMPLE_RATE, hint_tokens, self._max_new_tokens)
-                pieces.append(_Piece(index, wav, context, name, tokens))
-        outcomes: list[_Outcome] = []
-        for batch in self._batches(pieces):
-            outcomes.extend(self._decode(batch))
-        results: list[AsrResult | EngineError] = []
-        for index in range(len(requests)):
-            mine = [
-                out for piece, out in zip(pieces, outcomes, strict=True) if piece.request == index
-            ]
-            failed = next((out for out in mine if isinstance(out, EngineError)), None)
-            if failed is not None:
-                results.append(failed)
-                continue
-            texts = [out.text for out in mine if isinstance(out, AsrResult)]
-            language = next(
-                (out.language for out in mine if isinstance(out, AsrResult) and out.language),
-                None,
-            )
-            results.append(AsrResult(text=_join(texts), language=language))
-        return results
-
-    def _batches(self, pieces: list[_Piece]) -> Iterator[list[_Piece]]:
-        """Pieces in order, grouped while the padded batch stays within the token budget
-        and ``max_batch_size``."""
-        batch: list[_Piece] = []
-        longest = 0
-        for piece in pieces:
-            tokens = piece.tokens
-            padded = (len(batch) + 1) * max(longest, tokens)
-            if batch and (len(batch) >= self.max_batch_size or padded > self._budget):
-                yield batch
-                batch, longest = [], 0
-            batch.append(piece)
-            longest = max(longest, tokens)
-        if batch:
-            yield batch
-
     def _decode(self, batch: list[_Piece], *, retried: bool = False) -> list[_Outcome]:
         """One ``generate`` for the batch. Out of memory: free what the failed attempt
         held (outside the ``except`` block, whose traceback pins its tensors), then the
@@ -406,6 +451,9 @@ class Qwen3AsrEngine(AsrEngine):
         )
         return [error]
 
+    def _count_tokens(self, text: str) -> int:
+        return len(self._tokenizer(text)["input_ids"])
+
     def _run(self, batch: list[_Piece]) -> list[_Outcome]:
         longest = max(len(piece.audio) for piece in batch) / SAMPLE_RATE
         self._model.max_new_tokens = max_new_tokens(longest, self._max_new_tokens)
@@ -430,34 +478,6 @@ class Qwen3AsrEngine(AsrEngine):
             else:
                 results.append(AsrResult(text=out.text.strip(), language=self._code(out.language)))
         return results
-
-    def _context(self, hints: Sequence[str]) -> tuple[str, int]:
-        """Qwen's hotword mechanism: biasing words go in as system-prompt context, as many
-        as fit ``MAX_HINT_TOKENS`` (request hints first, then ``ASR_HINTS``); returns the
-        context and its token count."""
-        words = list(dict.fromkeys((*hints, *self._hints)))
-        context = ", ".join(words)
-        count = len(self._tokenizer(context)["input_ids"]) if words else 0
-        if count <= MAX_HINT_TOKENS:
-            return context, count
-        kept: list[str] = []
-        count = 0
-        for word in words:
-            trial = len(self._tokenizer(", ".join([*kept, word]))["input_ids"])
-            if trial > MAX_HINT_TOKENS:
-                break
-            kept.append(word)
-            count = trial
-        _LOGGER.info(
-            "Using %d of %d hints (at most %d tokens)", len(kept), len(words), MAX_HINT_TOKENS
-        )
-        return ", ".join(kept), count
-
-    @staticmethod
-    def _code(name: str) -> str | None:
-        first = name.split(",", 1)[0].strip().lower() if name else ""
-        return CODES.get(first)
-
 
 @dataclass(frozen=True)
 class _Piece:

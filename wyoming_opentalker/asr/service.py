@@ -14,7 +14,7 @@ from wyoming.event import Event
 from wyoming.info import AsrModel, AsrProgram, Attribution, Info
 
 from .. import __version__
-from ..backends import ASR_BACKENDS
+from ..backends import ASR_BACKENDS, runtime_backend
 from ..device import Device
 from ..engine import (
     PROGRAM_NAME,
@@ -36,8 +36,15 @@ from ..vad import speech_detector
 _LOGGER = logging.getLogger(__name__)
 
 
-def _engine_class(settings: Settings) -> type[AsrEngine]:
-    engine = engine_class(pick_backend(ASR_BACKENDS, settings.asr_engine))
+def asr_backend(settings: Settings, device: Device) -> str:
+    """The ASR backend that serves the configured engine on ``device``: Qwen3-ASR on a
+    machine without a GPU runs as ONNX unless ``QWEN_ASR_RUNTIME=torch``."""
+    backend = pick_backend(ASR_BACKENDS, settings.asr_engine)
+    return runtime_backend(backend, settings.qwen_asr_runtime, device.is_cuda)
+
+
+def _engine_class(settings: Settings, device: Device) -> type[AsrEngine]:
+    engine = engine_class(pick_backend(ASR_BACKENDS, asr_backend(settings, device)))
     if not issubclass(engine, AsrEngine):
         raise TypeError(f"{engine.__name__} is not a AsrEngine")
     return engine
@@ -45,12 +52,12 @@ def _engine_class(settings: Settings) -> type[AsrEngine]:
 
 def asr_plan(settings: Settings, device: Device) -> LoadPlan:
     """How the configured ASR engine will be loaded on ``device``: no weights read."""
-    return _engine_class(settings).plan(settings, device)
+    return _engine_class(settings, device).plan(settings, device)
 
 
 def load_asr_engine(plan: LoadPlan) -> AsrEngine:
     """Build the planned engine (blocking: loads its model)."""
-    return _engine_class(plan.settings)(plan)
+    return _engine_class(plan.settings, plan.device)(plan)
 
 
 @dataclass
