@@ -167,8 +167,9 @@ def server_rss(model: Path, work: Path) -> dict[str, Any]:
     from wyoming_opentalker.client import transcribe
 
     (work / "server").mkdir(exist_ok=True)
-    server = start_server(work / "server", ("asr",), "--asr-engine", "qwen3-asr",
-                          "--asr-model", str(model))
+    server = start_server(
+        work / "server", ("asr",), "--asr-engine", "qwen3-asr", "--asr-model", str(model)
+    )
     try:
         pid = server.process.pid
         loaded = _status_of(pid, "VmRSS")
@@ -223,8 +224,16 @@ def main() -> None:
             model = args.work / f"onnx-{quant}"
             conversions[quant] = convert(checkpoint, model, quant)
         env = dict(os.environ, BENCH_BUSY="1" if args.busy else "0")
-        command = [sys.executable, __file__, "--child", candidate, "--model", str(model),
-                   "--rounds", str(args.rounds)]
+        command = [
+            sys.executable,
+            __file__,
+            "--child",
+            candidate,
+            "--model",
+            str(model),
+            "--rounds",
+            str(args.rounds),
+        ]
         if args.threads:
             command += ["--threads", str(args.threads)]
         print(f"measuring {candidate}", flush=True)
@@ -238,9 +247,18 @@ def main() -> None:
     server = server_rss(args.work / "onnx-int8-int4", args.work) if args.server else None
     report(results, conversions, server)
     if args.json:
-        args.json.write_text(json.dumps(
-            {"size": args.size, "cores": os.cpu_count(), "results": results,
-             "conversions": conversions, "server": server}, indent=1))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "size": args.size,
+                    "cores": os.cpu_count(),
+                    "results": results,
+                    "conversions": conversions,
+                    "server": server,
+                },
+                indent=1,
+            )
+        )
 
 
 def report(results: dict[str, Any], conversions: dict[str, Any], server: Any) -> None:
@@ -266,11 +284,15 @@ def report(results: dict[str, Any], conversions: dict[str, Any], server: Any) ->
             if c.get("reused"):
                 print(f"| {quant} | (reused) | | |")
             else:
-                print(f"| {quant} | {c['wall_s']:.0f} s | {c['peak_rss'] / GIB:.2f} GiB | "
-                      f"{c['bytes'] / GIB:.2f} GiB |")
+                print(
+                    f"| {quant} | {c['wall_s']:.0f} s | {c['peak_rss'] / GIB:.2f} GiB | "
+                    f"{c['bytes'] / GIB:.2f} GiB |"
+                )
     if server:
-        print(f"\nASR server (ONNX int8-int4): RSS loaded {server['rss_loaded'] / GIB:.2f} GiB, "
-              f"peak after 5 s + 30 s requests {server['rss_peak'] / GIB:.2f} GiB")
+        print(
+            f"\nASR server (ONNX int8-int4): RSS loaded {server['rss_loaded'] / GIB:.2f} GiB, "
+            f"peak after 5 s + 30 s requests {server['rss_peak'] / GIB:.2f} GiB"
+        )
 
 
 if __name__ == "__main__":

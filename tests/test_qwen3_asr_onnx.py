@@ -55,7 +55,9 @@ def _pcm(audio: np.ndarray) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def pair(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Server, Path]]:
+def pair(
+    tiny: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Server, Server, Path]]:
     cache = tmp_path_factory.mktemp("onnx-cache")
     onnx = _server(tmp_path_factory.mktemp("onnx"), tiny, cache, "--qwen-asr-onnx-quant", "none")
     torch = _server(tmp_path_factory.mktemp("torch"), tiny, cache, "--qwen-asr-runtime", "torch")
@@ -69,7 +71,10 @@ async def test_fp32_conversion_answers_like_pytorch(pair: tuple[Server, Server, 
     assert "via onnxruntime" in onnx.log_text()
     clips = [samples_16k(clip) for clip in corpus()[:3]]
     long = np.concatenate([samples_16k(clip) for clip in corpus()[:12]])[: 16000 * 40]
-    cases = [(c, None, None) for c in clips] + [(clips[0], "en", None), (clips[1], None, ["Living Room"])]
+    cases = [(c, None, None) for c in clips] + [
+        (clips[0], "en", None),
+        (clips[1], None, ["Living Room"]),
+    ]
     cases.append((long, "en", None))  # over 30 s: decoded in pieces
     for audio, language, names in cases:
         a = await transcribe(onnx.asr, _pcm(audio), language=language, names=names)
@@ -90,7 +95,9 @@ def test_batched_decode_matches_pytorch(tiny: Path, tmp_path: Path) -> None:
     requests = [AsrRequest(samples_16k(clip)) for clip in corpus()[3:6]]
     onnx = Qwen3AsrOnnxEngine.load(replace(settings, qwen_asr_onnx_quant="none"), CPU)
     torch = Qwen3AsrEngine.load(settings, CPU)
-    assert [r.text for r in onnx.transcribe(requests)] == [r.text for r in torch.transcribe(requests)]
+    assert [r.text for r in onnx.transcribe(requests)] == [
+        r.text for r in torch.transcribe(requests)
+    ]
 
 
 def _target(cache: Path, quant: str) -> Path:
@@ -118,8 +125,18 @@ async def test_a_damaged_conversion_is_made_again(tiny: Path, tmp_path: Path) ->
 def test_a_killed_conversion_is_redone_at_the_next_start(tiny: Path, tmp_path: Path) -> None:
     output = tmp_path / "converted"
     process = subprocess.Popen(
-        [sys.executable, "-m", "wyoming_opentalker", "convert-qwen3-asr", "--model", str(tiny),
-         "--output", str(output), "--quant", "none"],
+        [
+            sys.executable,
+            "-m",
+            "wyoming_opentalker",
+            "convert-qwen3-asr",
+            "--model",
+            str(tiny),
+            "--output",
+            str(output),
+            "--quant",
+            "none",
+        ],
     )
     deadline = time.monotonic() + 120
     while not list(tmp_path.glob("converted.partial-*")) and time.monotonic() < deadline:
@@ -128,8 +145,18 @@ def test_a_killed_conversion_is_redone_at_the_next_start(tiny: Path, tmp_path: P
     process.wait()
     assert not output.exists()  # nothing half-written carries the final name
     done = subprocess.run(
-        [sys.executable, "-m", "wyoming_opentalker", "convert-qwen3-asr", "--model", str(tiny),
-         "--output", str(output), "--quant", "none"],
+        [
+            sys.executable,
+            "-m",
+            "wyoming_opentalker",
+            "convert-qwen3-asr",
+            "--model",
+            str(tiny),
+            "--output",
+            str(output),
+            "--quant",
+            "none",
+        ],
         check=False,
     )
     assert done.returncode == 0 and (output / "manifest.json").exists()
@@ -138,15 +165,38 @@ def test_a_killed_conversion_is_redone_at_the_next_start(tiny: Path, tmp_path: P
 def test_a_damaged_user_conversion_stops_the_start_in_one_line(tiny: Path, tmp_path: Path) -> None:
     output = tmp_path / "mine"
     subprocess.run(
-        [sys.executable, "-m", "wyoming_opentalker", "convert-qwen3-asr", "--model", str(tiny),
-         "--output", str(output), "--quant", "none"],
+        [
+            sys.executable,
+            "-m",
+            "wyoming_opentalker",
+            "convert-qwen3-asr",
+            "--model",
+            str(tiny),
+            "--output",
+            str(output),
+            "--quant",
+            "none",
+        ],
         check=True,
     )
     (output / "encoder" / "encoder.onnx.data").write_bytes(b"broken")
     done = subprocess.run(
-        [sys.executable, "-m", "wyoming_opentalker", "asr", "--asr-engine", "qwen3-asr",
-         "--asr-model", str(output), "--asr-uri", "tcp://127.0.0.1:0"],
-        capture_output=True, text=True, timeout=120, check=False,
+        [
+            sys.executable,
+            "-m",
+            "wyoming_opentalker",
+            "asr",
+            "--asr-engine",
+            "qwen3-asr",
+            "--asr-model",
+            str(output),
+            "--asr-uri",
+            "tcp://127.0.0.1:0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert done.returncode == 1
     assert "damaged" in done.stderr.strip().splitlines()[-1]
@@ -182,7 +232,8 @@ def test_runtime_choice() -> None:
 def test_split_at_quiet_keeps_every_sample() -> None:
     from wyoming_opentalker.audio import split_at_quiet
 
-    audio = np.concatenate([samples_16k(clip) for clip in corpus()[:12]])[: 16000 * 70]
+    audio = np.concatenate([samples_16k(clip) for clip in corpus()] * 2)[: 16000 * 70]
+    assert len(audio) == 16000 * 70
     pieces = split_at_quiet(audio, 16000, 30.0)
-    assert len(pieces) == 3 and all(len(p) <= 30 * 16000 for p in pieces)
+    assert len(pieces) >= 3 and all(len(p) <= 30 * 16000 for p in pieces)
     assert np.array_equal(np.concatenate(pieces), audio)

@@ -234,7 +234,9 @@ def convert_main(argv: Sequence[str]) -> int:
         "--quant", default="int8-int4", choices=("int8-int4", "int8", "int4", "none")
     )
     options = parser.parse_args(list(argv))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     for noisy in ("onnxruntime", "onnxruntime.quantization", "root"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from pathlib import Path

@@ -479,6 +479,7 @@ class Qwen3AsrEngine(Qwen3AsrPieces):
                 results.append(AsrResult(text=out.text.strip(), language=self._code(out.language)))
         return results
 
+
 @dataclass(frozen=True)
 class _Piece:
     request: int

@@ -150,7 +150,9 @@ def locate(settings: Settings, *, again: bool = False) -> Path:
         reason = _unusable(target, resolved.path, files_ledger, full=again)
         if reason is None:
             return target
-        _LOGGER.warning("The converted Qwen3-ASR model in %s %s: converting it again", target, reason)
+        _LOGGER.warning(
+            "The converted Qwen3-ASR model in %s %s: converting it again", target, reason
+        )
         aside = target.with_name(target.name + ".damaged")
         shutil.rmtree(aside, ignore_errors=True)
         if move_aside(target) is None:
@@ -188,9 +190,7 @@ class LogMel:
         self.filters = filters.astype(np.float32)  # [n_fft // 2 + 1, mels]
         self.n_fft = n_fft
         self.hop = hop
-        self.window = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)).astype(
-            np.float32
-        )
+        self.window = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)).astype(np.float32)
 
     def __call__(self, audio: np.ndarray) -> np.ndarray:
         half = self.n_fft // 2
@@ -198,12 +198,13 @@ class LogMel:
         count = 1 + (len(padded) - self.n_fft) // self.hop
         strides = (padded.strides[0] * self.hop, padded.strides[0])
         frames = np.lib.stride_tricks.as_strided(padded, (count, self.n_fft), strides)
-        spectrum = np.fft.rfft(frames * self.window, axis=-1)
+        spectrum: np.ndarray = np.fft.rfft(frames * self.window, axis=-1)
         power = (spectrum.real**2 + spectrum.imag**2).astype(np.float32)[:-1]
         mel = np.maximum(power @ self.filters, 1e-10)
-        log = np.log10(mel).T  # [mels, frames]
+        log: np.ndarray = np.log10(mel).T  # [mels, frames]
         log = np.maximum(log, log.max() - 8.0)
-        return ((log + 4.0) / 4.0).astype(np.float32)
+        result: np.ndarray = ((log + 4.0) / 4.0).astype(np.float32)
+        return result
 
     def frames(self, samples: int) -> int:
         """Feature frames of ``samples`` of audio (upstream's attention-mask length)."""

@@ -59,15 +59,19 @@ def part_quant(quant: str, part: str) -> str:
     return quant
 
 
-def _modules(torch: Any, thinker: Any) -> dict[str, Any]:
+def _modules(thinker: Any) -> dict[str, Any]:
     """The three exportable modules, built around the loaded thinker's own layers."""
-    nn = torch.nn
-    functional = torch.nn.functional
+    import torch
+    from torch import nn
+    from torch.nn import functional
+
     tower = thinker.audio_tower
     text = thinker.model
     text_config = thinker.config.text_config
 
     class Conv(nn.Module):
+        positions: Any
+
         def __init__(self) -> None:
             super().__init__()
             self.tower = tower
@@ -108,6 +112,8 @@ def _modules(torch: Any, thinker: Any) -> dict[str, Any]:
     rotary = text.rotary_emb
 
     class Decoder(nn.Module):
+        head: Any
+
         def __init__(self) -> None:
             super().__init__()
             self.text = text
@@ -342,7 +348,7 @@ def convert(
         )
         model.eval()
         thinker = model.thinker
-        modules = _modules(torch, thinker)
+        modules = _modules(thinker)
         for part in GRAPHS:
             folder = work / part
             folder.mkdir()
