@@ -754,7 +754,9 @@ def common_flags(
     """The settings both the planner and the servers get."""
     flags = ["--asr-engine", "qwen3-asr", "--asr-model", str(asr), "--tts-engine", "qwen3-tts",
              "--tts-model", str(tts), "--local-files-only",
-             "--qwen-tts-max-new-tokens", str(tts_frames)]  # fmt: skip
+             "--qwen-tts-max-new-tokens", str(tts_frames),
+             # the PyTorch engine the GPU runs, also in a dry run on the CPU
+             "--qwen-asr-runtime", "torch"]  # fmt: skip
     if asr_tokens:
         flags += ["--qwen-asr-max-new-tokens", str(asr_tokens)]
     return flags + list(config.profile)

@@ -1,7 +1,7 @@
 """Qwen3-ASR on the CPU through onnxruntime: the default for Qwen3-ASR without a GPU.
 
-The PyTorch engine in FP32 needs about 5 s for a 5 s command on two cores and peaks at
-5 GB; this one runs the same model as int8/int4 ONNX graphs (``qwen3_onnx_export``) in
+The PyTorch engine in FP32 needs about 6 s for a 5 s command on two cores and peaks at
+4 GB; this one runs the same model as int8/int4 ONNX graphs (``qwen3_onnx_export``) in
 a fifth of the time and under 2 GB (``script/bench_qwen_asr_cpu.py``; the README's
 *Qwen3-ASR without a GPU*). It imports neither torch nor transformers: log-mel features,
 the prompt and greedy decoding are done here in NumPy, the same way upstream's processor
@@ -32,7 +32,7 @@ from ..device import Device
 from ..engine import AsrResult, EngineError, EngineInfo, LoadPlan
 from ..integrity import Digest, Ledger, move_aside, verified
 from ..languages import CODES
-from ..memory import MemoryNeed
+from ..memory import MemoryNeed, read_headers
 from ..models import ModelError, ledger, opentalker_cache
 from ..settings import Settings
 from .qwen3_asr import (
@@ -46,7 +46,7 @@ from .qwen3_asr import (
     resolve,
     token_budget,
 )
-from .qwen3_onnx_export import FORMAT, GRAPHS, MANIFEST, ONNX_QUANT_MODES
+from .qwen3_onnx_export import FORMAT, GRAPHS, MANIFEST, ONNX_QUANT_MODES, converted_bytes
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -429,16 +429,24 @@ class Qwen3AsrOnnxEngine(Qwen3AsrPieces):
 
     @classmethod
     def plan(cls, settings: Settings, device: Device) -> LoadPlan:
-        """Nothing on the GPU: the graphs run on the CPU whatever ``DEVICE`` says."""
+        """The graphs run on the CPU whatever ``DEVICE`` says; the weights counted are the
+        converted files' size, held in CPU memory."""
         batch = settings.qwen_asr_max_batch_size or CPU_BATCH
         quant = settings.qwen_asr_onnx_quant
+        spec = Path(settings.asr_model).expanduser() if settings.asr_model else None
+        if spec is not None and is_converted(spec):
+            weights = sum(p.stat().st_size for p in spec.rglob("*.data"))
+        else:  # what converting this checkpoint will write (CPU memory, not the GPU's)
+            headers = read_headers(resolve(settings).path)
+            weights = converted_bytes({n: t.shape for n, t in headers.items()}, quant)
         need = MemoryNeed(
             "asr",
             f"Qwen3-ASR ONNX on the CPU ({quant}, batch up to {batch})",
-            0,
+            weights if device.type == "cpu" else 0,
             0,
             engine="qwen3-asr-onnx",
             precision=quant,
+            cpu=0 if device.type == "cpu" else weights,  # beside a GPU: not on it
             detail=f"batch up to {batch}, {PIECE_SECONDS:g} s pieces",
         )
         return LoadPlan(settings, device, need, f"QWEN_ASR_ONNX_QUANT={quant}", batch)

@@ -32,10 +32,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,30 @@ def part_quant(quant: str, part: str) -> str:
     if quant == "int8-int4":
         return "int8" if part == "encoder" else "int4"
     return quant
+
+
+def graph_part(name: str) -> str:
+    """Which graph a checkpoint tensor ends up in."""
+    if ".audio_tower.conv" in name:
+        return "conv"
+    return "encoder" if ".audio_tower." in name else "decoder"
+
+
+def converted_bytes(shapes: Mapping[str, tuple[int, ...]], quant: str) -> int:
+    """The size a conversion's weight files will have, from the checkpoint's tensor
+    shapes: matrices at 1 byte (int8) or 4 bits plus an FP32 scale per block (int4),
+    vectors and the convolution front at FP32. The audio encoder's linears export as
+    ``Gemm``, which onnxruntime's 4-bit quantiser does not take: under ``int4`` they
+    stay FP32 (measured: 0.70 GB of encoder files, against 0.18 GB at int8)."""
+    total = 0.0
+    for name, shape in shapes.items():
+        count = math.prod(shape)
+        part = graph_part(name)
+        mode = part_quant(quant, part) if len(shape) >= 2 else "none"
+        if mode == "int4" and part == "encoder":
+            mode = "none"
+        total += count * {"none": 4.0, "int8": 1.0, "int4": 0.5 + 4 / INT4_BLOCK}[mode]
+    return int(total)
 
 
 def _modules(thinker: Any) -> dict[str, Any]:
