@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -169,3 +170,22 @@ def test_the_api_key_never_reaches_the_log() -> None:
 
     line = describe_settings(load_settings(["--http-api-key", "s3cret"], {}))
     assert "s3cret" not in line and "http_api_key=<hidden>" in line
+
+
+@pytest.mark.parametrize(("given", "kept"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_openmp_waits_passively_unless_the_user_says_otherwise(
+    given: str | None, kept: str
+) -> None:
+    """Importing the package sets OpenMP's wait policy before torch can load it (a busy
+    core otherwise slows PyTorch's thread pool more than twofold); a user's choice stays."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if given:
+        env["OMP_WAIT_POLICY"] = given
+    probe = (
+        "import os, sys, wyoming_opentalker; "
+        "print(os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.split() == [kept, "False"]
