@@ -172,12 +172,15 @@ def server_rss(model: Path, work: Path) -> dict[str, Any]:
     )
     try:
         pid = server.process.pid
-        loaded = _status_of(pid, "VmRSS")
-        for seconds in (5.0, 30.0):
+        result = {"rss_loaded": _status_of(pid, "VmRSS")}
+        # Random weights never stop: each answer runs to its cap (a 30 s piece: 332 tokens,
+        # about three times what 30 s of real speech says), so the 30 s peak is a worst case.
+        for seconds, key in ((5.0, "rss_peak_5s"), (30.0, "rss_peak")):
             audio = speech(seconds)
             pcm = (audio * 32767).astype("<i2").tobytes()
             asyncio.run(transcribe(server.asr, pcm, language="en"))
-        return {"rss_loaded": loaded, "rss_peak": _status_of(pid, "VmHWM")}
+            result[key] = _status_of(pid, "VmHWM")
+        return result
     finally:
         server.stop()
 
@@ -291,7 +294,8 @@ def report(results: dict[str, Any], conversions: dict[str, Any], server: Any) ->
     if server:
         print(
             f"\nASR server (ONNX int8-int4): RSS loaded {server['rss_loaded'] / GIB:.2f} GiB, "
-            f"peak after 5 s + 30 s requests {server['rss_peak'] / GIB:.2f} GiB"
+            f"peak after a 5 s request {server['rss_peak_5s'] / GIB:.2f} GiB, after a 30 s "
+            f"one decoded to its 332-token cap {server['rss_peak'] / GIB:.2f} GiB"
         )
 
 
