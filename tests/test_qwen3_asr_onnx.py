@@ -237,3 +237,24 @@ def test_split_at_quiet_keeps_every_sample() -> None:
     pieces = split_at_quiet(audio, 16000, 30.0)
     assert len(pieces) >= 3 and all(len(p) <= 30 * 16000 for p in pieces)
     assert np.array_equal(np.concatenate(pieces), audio)
+
+
+def test_a_conversion_that_cannot_fit_is_refused_before_it_starts(tmp_path: Path) -> None:
+    """The full-size checkpoint's conversion need, from its headers, is what was measured
+    (7.58 GiB at int8-int4, 9.4-10.0 GiB at int8); a 4 GiB box is told in one line where
+    to convert instead; enough memory, or none known, lets it run."""
+    from tests.qwen_models import build_qwen3_asr
+    from wyoming_opentalker.asr.qwen3_asr_onnx import memory_shortfall
+    from wyoming_opentalker.asr.qwen3_onnx_export import conversion_memory
+    from wyoming_opentalker.memory import GIB, read_headers
+
+    full = build_qwen3_asr(tmp_path / "full", "full", header_only=True)
+    shapes = {n: t.shape for n, t in read_headers(full).items()}
+    assert abs(conversion_memory(shapes, "int8-int4") / GIB - 7.58) < 0.2
+    assert 9.4 <= conversion_memory(shapes, "int8") / GIB <= 10.1
+    need = conversion_memory(shapes, "int8-int4")
+    refusal = memory_shortfall(need, 4 * GIB, "Qwen/Qwen3-ASR-0.6B")
+    assert refusal is not None and "\n" not in refusal
+    assert "convert-qwen3-asr --model Qwen/Qwen3-ASR-0.6B" in refusal and "ASR_MODEL" in refusal
+    assert memory_shortfall(need, 16 * GIB, None) is None
+    assert memory_shortfall(need, None, None) is None

@@ -32,7 +32,7 @@ from ..device import Device
 from ..engine import AsrResult, EngineError, EngineInfo, LoadPlan
 from ..integrity import Digest, Ledger, move_aside, verified
 from ..languages import CODES
-from ..memory import MemoryNeed, read_headers
+from ..memory import MemoryNeed, gib, read_headers
 from ..models import ModelError, ledger, opentalker_cache
 from ..settings import Settings
 from .qwen3_asr import (
@@ -46,7 +46,14 @@ from .qwen3_asr import (
     resolve,
     token_budget,
 )
-from .qwen3_onnx_export import FORMAT, GRAPHS, MANIFEST, ONNX_QUANT_MODES, converted_bytes
+from .qwen3_onnx_export import (
+    FORMAT,
+    GRAPHS,
+    MANIFEST,
+    ONNX_QUANT_MODES,
+    conversion_memory,
+    converted_bytes,
+)
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -128,6 +135,37 @@ def run_conversion(source: Path, target: Path, quant: str) -> None:
         )
 
 
+def free_memory() -> int | None:
+    """Memory a conversion can use: available RAM plus free swap, within the container's
+    cgroup limit if it has one; None where ``/proc/meminfo`` is missing."""
+    try:
+        fields = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+        free = (int(fields["MemAvailable"].split()[0]) + int(fields["SwapFree"].split()[0])) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+        if limit != "max":
+            free = min(free, int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return free
+
+
+def memory_shortfall(need: int, free: int | None, model: str | None) -> str | None:
+    """Why a conversion must not start here, in one line, or None. Started anyway it
+    would be killed for memory at every start, minutes each, after swapping the box."""
+    if free is None or need <= free:
+        return None
+    return (
+        f"converting Qwen3-ASR for the CPU needs about {gib(need)} of memory and this machine "
+        f"has {gib(free)} free (RAM and swap): convert it on a bigger machine "
+        f"(wyoming-opentalker convert-qwen3-asr --model {model or 'Qwen/Qwen3-ASR-0.6B'} "
+        "--output DIR) and set ASR_MODEL to that folder"
+    )
+
+
 def locate(settings: Settings, *, again: bool = False) -> Path:
     """The converted model to load: a converted folder named by ``ASR_MODEL`` as it is,
     else this checkpoint's conversion in the cache, converted now when missing, damaged,
@@ -157,9 +195,14 @@ def locate(settings: Settings, *, again: bool = False) -> Path:
         shutil.rmtree(aside, ignore_errors=True)
         if move_aside(target) is None:
             shutil.rmtree(target, ignore_errors=True)
+    quant = settings.qwen_asr_onnx_quant
+    shapes = {n: t.shape for n, t in read_headers(resolved.path).items()}
+    refusal = memory_shortfall(conversion_memory(shapes, quant), free_memory(), spec)
+    if refusal:
+        raise ModelError(refusal)
     target.parent.mkdir(parents=True, exist_ok=True)
     _stale_partials(target)
-    run_conversion(resolved.path, target, settings.qwen_asr_onnx_quant)
+    run_conversion(resolved.path, target, quant)
     bad = damaged_files(target, files_ledger)
     if bad:
         raise ModelError(f"the conversion in {target} does not match its manifest: {bad[0]}")
