@@ -122,21 +122,15 @@ async def test_a_damaged_conversion_is_made_again(tiny: Path, tmp_path: Path) ->
         assert second.stop() == 0, second.log_text()
 
 
+def _convert_command(model: Path, output: Path) -> list[str]:
+    return [sys.executable, "-m", "wyoming_opentalker", "convert-qwen3-asr",
+            "--model", str(model), "--output", str(output), "--quant", "none"]  # fmt: skip
+
+
 def test_a_killed_conversion_is_redone_at_the_next_start(tiny: Path, tmp_path: Path) -> None:
     output = tmp_path / "converted"
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "wyoming_opentalker",
-            "convert-qwen3-asr",
-            "--model",
-            str(tiny),
-            "--output",
-            str(output),
-            "--quant",
-            "none",
-        ],
+        _convert_command(tiny, output),
     )
     deadline = time.monotonic() + 120
     while not list(tmp_path.glob("converted.partial-*")) and time.monotonic() < deadline:
@@ -145,18 +139,7 @@ def test_a_killed_conversion_is_redone_at_the_next_start(tiny: Path, tmp_path: P
     process.wait()
     assert not output.exists()  # nothing half-written carries the final name
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "wyoming_opentalker",
-            "convert-qwen3-asr",
-            "--model",
-            str(tiny),
-            "--output",
-            str(output),
-            "--quant",
-            "none",
-        ],
+        _convert_command(tiny, output),
         check=False,
     )
     assert done.returncode == 0 and (output / "manifest.json").exists()
@@ -165,18 +148,7 @@ def test_a_killed_conversion_is_redone_at_the_next_start(tiny: Path, tmp_path: P
 def test_a_damaged_user_conversion_stops_the_start_in_one_line(tiny: Path, tmp_path: Path) -> None:
     output = tmp_path / "mine"
     subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "wyoming_opentalker",
-            "convert-qwen3-asr",
-            "--model",
-            str(tiny),
-            "--output",
-            str(output),
-            "--quant",
-            "none",
-        ],
+        _convert_command(tiny, output),
         check=True,
     )
     (output / "encoder" / "encoder.onnx.data").write_bytes(b"broken")

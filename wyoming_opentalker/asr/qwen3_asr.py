@@ -194,6 +194,21 @@ class Qwen3AsrPieces(AsrEngine):
     _budget = 0
     _max_new_tokens = 512
     _hints: tuple[str, ...] = ()
+    _info: EngineInfo
+    _languages: list[str]
+
+    @property
+    def info(self) -> EngineInfo:
+        return self._info
+
+    @property
+    def languages(self) -> list[str]:
+        """The checkpoint's languages that have a code Home Assistant knows."""
+        return self._languages
+
+    @staticmethod
+    def known_codes(names: Sequence[str]) -> list[str]:
+        return [CODES[name.lower()] for name in names if name.lower() in CODES]
 
     @abstractmethod
     def _decode(self, batch: list[_Piece]) -> list[_Outcome]:
@@ -394,7 +409,7 @@ class Qwen3AsrEngine(Qwen3AsrPieces):
         supported = getattr(self._model.model.config, "support_languages", None) or list(
             self._model.get_supported_languages()
         )
-        self._languages = [CODES[name.lower()] for name in supported if name.lower() in CODES]
+        self._languages = self.known_codes(supported)
         weights = weight_bytes(self._model.model)
         import qwen_asr
 
@@ -417,14 +432,6 @@ class Qwen3AsrEngine(Qwen3AsrPieces):
             self.max_batch_size,
             weights / 2**20,
         )
-
-    @property
-    def info(self) -> EngineInfo:
-        return self._info
-
-    @property
-    def languages(self) -> list[str]:
-        return self._languages
 
     def _decode(self, batch: list[_Piece], *, retried: bool = False) -> list[_Outcome]:
         """One ``generate`` for the batch. Out of memory: free what the failed attempt

@@ -31,7 +31,6 @@ import numpy as np
 from ..device import Device
 from ..engine import AsrResult, EngineError, EngineInfo, LoadPlan
 from ..integrity import Digest, Ledger, move_aside, verified
-from ..languages import CODES
 from ..memory import MemoryNeed, gib, read_headers
 from ..models import ModelError, ledger, opentalker_cache
 from ..settings import Settings
@@ -516,7 +515,7 @@ class Qwen3AsrOnnxEngine(Qwen3AsrPieces):
                     f"the converted Qwen3-ASR model in {folder} cannot be loaded: {again}"
                 ) from None
         meta = self._model.meta
-        self._languages = [CODES[n.lower()] for n in meta["languages"] if n.lower() in CODES]
+        self._languages = self.known_codes(meta["languages"])
         size = sum(p.stat().st_size for p in folder.rglob("*.data"))
         import onnxruntime
 
@@ -537,14 +536,6 @@ class Qwen3AsrOnnxEngine(Qwen3AsrPieces):
             self.max_batch_size,
             size / 2**20,
         )
-
-    @property
-    def info(self) -> EngineInfo:
-        return self._info
-
-    @property
-    def languages(self) -> list[str]:
-        return self._languages
 
     def _count_tokens(self, text: str) -> int:
         return self._model.count_tokens(text)
