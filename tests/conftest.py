@@ -69,10 +69,14 @@ def _wait_listening(server: Server, timeout: float = 120.0) -> None:
 
 
 def start_server(
-    tmp_path: Path, services: tuple[str, ...] = ("asr", "tts"), *args: str, **env: str
+    tmp_path: Path,
+    services: tuple[str, ...] = ("asr", "tts"),
+    *args: str,
+    python: str = sys.executable,
+    **env: str,
 ) -> Server:
     ports = {service: free_port() for service in services}
-    argv = [sys.executable, "-m", "wyoming_opentalker"]
+    argv = [python, "-m", "wyoming_opentalker"]
     argv += ["all"] if len(services) == 2 else [services[0]]
     for service, port in ports.items():
         argv += [f"--{service}-uri", f"tcp://127.0.0.1:{port}"]

@@ -4,6 +4,7 @@ machines), the compose files of the deployment plans, and a Dockerfile linter.""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -13,12 +14,13 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 
 from wyoming_opentalker.settings import LEGACY, OPTIONS, load_settings
 
-from .conftest import ROOT, free_port
+from .conftest import ROOT, free_port, start_server
 
 ADDON = ROOT / "addon"
 COMPOSE = sorted((ROOT / "examples" / "docker").glob("*.yml"))
@@ -236,6 +238,43 @@ def test_image_cpu_install_steps_in_a_fresh_venv(tmp_path: Path) -> None:
         server.wait(30)
     stopped = subprocess.run(health, env=env, cwd=tmp_path, capture_output=True, text=True)
     assert stopped.returncode == 1 and stopped.stderr.startswith("unhealthy")
+    _serves_a_converted_qwen3_asr(venv, tmp_path)
+
+
+def _serves_a_converted_qwen3_asr(venv: Path, tmp_path: Path) -> None:
+    """A Qwen3-ASR folder converted elsewhere is served by this torch-less install (the
+    aarch64 add-on's) with the same transcript as the full install gives."""
+    from tests.qwen_models import build_qwen3_asr
+    from tests.speech import corpus, samples_16k
+    from wyoming_opentalker.client import transcribe
+
+    checkpoint, converted = build_qwen3_asr(tmp_path / "Qwen3-ASR-tiny"), tmp_path / "onnx"
+    subprocess.run(
+        [sys.executable, "-m", "wyoming_opentalker", "convert-qwen3-asr", "--model",
+         str(checkpoint), "--output", str(converted)],
+        check=True, capture_output=True, timeout=600,
+    )  # fmt: skip
+    # The checkpoint itself it cannot convert: one line says where to, before any work.
+    refused = subprocess.run(
+        [str(venv / "bin" / "wyoming-opentalker"), "asr", "--asr-engine", "qwen3-asr",
+         "--asr-model", str(checkpoint), "--uri", f"tcp://127.0.0.1:{free_port()}"],
+        capture_output=True, text=True, timeout=300, env=dict(os.environ, HF_HUB_OFFLINE="1"),
+    )  # fmt: skip
+    assert refused.returncode != 0
+    assert "needs torch, qwen_asr, onnx" in refused.stderr, refused.stderr[-2000:]
+    assert "convert-qwen3-asr" in refused.stderr.strip().splitlines()[-1]
+    audio = np.clip(samples_16k(corpus()[0]), -1, 1)
+    pcm = (audio * 32767).astype("<i2").tobytes()
+    texts = []
+    for python in (str(venv / "bin" / "python"), sys.executable):
+        flags = ("--asr-engine", "qwen3-asr", "--asr-model", str(converted))
+        server = start_server(tmp_path, ("asr",), *flags, python=python)
+        try:
+            texts.append(asyncio.run(transcribe(server.asr, pcm)).text)
+        finally:
+            assert server.stop() == 0, server.log_text()
+        assert "via onnxruntime" in server.log_text()
+    assert texts[0] == texts[1] and texts[0]
 
 
 def test_image_cuda_install_steps_in_a_fresh_venv(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -195,6 +196,13 @@ def locate(settings: Settings, *, again: bool = False) -> Path:
         if move_aside(target) is None:
             shutil.rmtree(target, ignore_errors=True)
     quant = settings.qwen_asr_onnx_quant
+    missing = [name for name in ("torch", "qwen_asr", "onnx") if find_spec(name) is None]
+    if missing:  # e.g. the aarch64 add-on: serves converted folders, cannot convert
+        raise ModelError(
+            f"converting Qwen3-ASR for the CPU needs {', '.join(missing)}, which this install "
+            "lacks (the qwen extra): convert it on another machine (wyoming-opentalker "
+            "convert-qwen3-asr --model ... --output DIR) and set ASR_MODEL to that folder"
+        )
     shapes = {n: t.shape for n, t in read_headers(resolved.path).items()}
     refusal = memory_shortfall(conversion_memory(shapes, quant), free_memory(), spec)
     if refusal:
