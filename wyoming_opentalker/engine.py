@@ -94,9 +94,11 @@ class Engine(ABC):
     @abstractmethod
     def __init__(self, plan: LoadPlan) -> None: ...
 
+    _info: EngineInfo  # set by ``__init__`` once the model is loaded
+
     @property
-    @abstractmethod
-    def info(self) -> EngineInfo: ...
+    def info(self) -> EngineInfo:
+        return self._info
 
 
 def pick_backend(backends: Mapping[str, Backend], name: str) -> Backend:
@@ -177,10 +179,12 @@ class AsrEngine(Engine):
     sample_rate: int = 16000
     max_batch_size: int = 1
 
+    _languages: list[str]  # set by ``__init__`` from what the loaded model lists
+
     @property
-    @abstractmethod
     def languages(self) -> list[str]:
         """Language codes the loaded model really recognises."""
+        return self._languages
 
     @property
     def detects_language(self) -> bool:

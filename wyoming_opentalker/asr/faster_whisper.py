@@ -151,14 +151,6 @@ class FasterWhisperEngine(AsrEngine):
             attribution=("OpenAI / SYSTRAN", "https://github.com/SYSTRAN/faster-whisper"),
         )
 
-    @property
-    def info(self) -> EngineInfo:
-        return self._info
-
-    @property
-    def languages(self) -> list[str]:
-        return self._languages
-
     def transcribe(self, requests: Sequence[AsrRequest]) -> list[AsrResult]:
         return [self._transcribe_one(request) for request in requests]
 

@@ -194,17 +194,6 @@ class Qwen3AsrPieces(AsrEngine):
     _budget = 0
     _max_new_tokens = 512
     _hints: tuple[str, ...] = ()
-    _info: EngineInfo
-    _languages: list[str]
-
-    @property
-    def info(self) -> EngineInfo:
-        return self._info
-
-    @property
-    def languages(self) -> list[str]:
-        """The checkpoint's languages that have a code Home Assistant knows."""
-        return self._languages
 
     @staticmethod
     def known_codes(names: Sequence[str]) -> list[str]:

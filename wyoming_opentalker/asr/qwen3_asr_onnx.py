@@ -66,6 +66,12 @@ def is_converted(path: Path) -> bool:
     return (path / META).is_file()
 
 
+def converted_folder(settings: Settings) -> Path | None:
+    """``ASR_MODEL`` when it names a folder converted already (it is served as it is)."""
+    folder = Path(settings.asr_model).expanduser() if settings.asr_model else None
+    return folder if folder is not None and is_converted(folder) else None
+
+
 def conversion_target(settings: Settings, source_name: str) -> Path:
     safe = re.sub(r"[^A-Za-z0-9._-]+", "--", source_name).strip("-")
     quant = settings.qwen_asr_onnx_quant
@@ -171,8 +177,8 @@ def locate(settings: Settings, *, again: bool = False) -> Path:
     else this checkpoint's conversion in the cache, converted now when missing, damaged,
     from another checkpoint or from an older exporter."""
     spec = settings.asr_model
-    if spec and is_converted(Path(spec).expanduser()):
-        folder = Path(spec).expanduser()
+    folder = converted_folder(settings)
+    if folder is not None:
         bad = damaged_files(folder, None, full=again)
         if bad:
             raise ModelError(
@@ -483,9 +489,9 @@ class Qwen3AsrOnnxEngine(Qwen3AsrPieces):
         converted files' size, held in CPU memory."""
         batch = settings.qwen_asr_max_batch_size or CPU_BATCH
         quant = settings.qwen_asr_onnx_quant
-        spec = Path(settings.asr_model).expanduser() if settings.asr_model else None
-        if spec is not None and is_converted(spec):
-            weights = sum(p.stat().st_size for p in spec.rglob("*.data"))
+        folder = converted_folder(settings)
+        if folder is not None:
+            weights = sum(p.stat().st_size for p in folder.rglob("*.data"))
         else:  # what converting this checkpoint will write (CPU memory, not the GPU's)
             headers = read_headers(resolve(settings).path)
             weights = converted_bytes({n: t.shape for n, t in headers.items()}, quant)

@@ -268,10 +268,6 @@ class PiperEngine(TtsEngine):
         )
 
     @property
-    def info(self) -> EngineInfo:
-        return self._info
-
-    @property
     def sample_rate(self) -> int:
         return int(self._rate)
 

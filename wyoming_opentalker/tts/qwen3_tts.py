@@ -486,10 +486,6 @@ class Qwen3TtsEngine(TtsEngine):
         )
 
     @property
-    def info(self) -> EngineInfo:
-        return self._info
-
-    @property
     def sample_rate(self) -> int:
         return self._rate
 
