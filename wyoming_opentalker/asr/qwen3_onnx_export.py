@@ -17,10 +17,19 @@ that are Python control flow there done by the runtime in NumPy instead:
 Positions: Qwen3-ASR's multimodal RoPE gets three identical position streams for audio
 and text, which makes it ordinary RoPE over the position ids.
 
-Quantisation (``QWEN_ASR_ONNX_QUANT``): ``int8`` is onnxruntime's dynamic int8
-(``MatMulInteger``); ``int4`` is its block-wise 4-bit ``MatMulNBits`` (block 64, symmetric,
-int8 activations); ``int8-int4`` (the default) keeps the audio encoder at int8 and the
-language model at int4; ``none`` keeps FP32 (tests compare it with the PyTorch engine).
+Quantisation (``QWEN_ASR_ONNX_QUANT``), done here into onnxruntime's own operators:
+``int8`` makes every linear layer a ``DynamicQuantizeMatMul`` (int8 weights, one scale per
+output column, activations quantised per call) and the embedding table int8 rows with
+one scale each; ``int4`` makes them ``MatMulNBits`` (4-bit, blocks of 64 along the input,
+symmetric) and ``GatherBlockQuantized``; ``int8-int4`` (the default) keeps the audio
+encoder at int8 and the language model at int4; ``none`` keeps FP32 (tests compare it
+with the PyTorch engine). The convolution front always stays FP32.
+
+Memory: the graphs are traced from a skeleton whose weights are zero-stride placeholders
+(with a 16-row vocabulary), exported without weights, and each weight is then read from
+the safetensors files, quantised and appended to the graph's data file one tensor at a
+time. No full copy of the checkpoint is ever held: the 0.6B model converts in about
+2 GiB (it needed 7.6 GiB when the loaded model was exported and quantised whole).
 
 The finished model is written into a temporary folder beside its destination, its
 files' sizes and SHA-256 recorded in ``manifest.json`` (written last), and only then
@@ -35,10 +44,11 @@ import logging
 import math
 import os
 import shutil
+import struct
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -48,6 +58,9 @@ MANIFEST = "manifest.json"
 GRAPHS = ("conv", "encoder", "decoder")
 INT4_BLOCK = 64
 OPSET = 18
+_EMBED = "thinker.model.embed_tokens.weight"
+_HEAD = "thinker.lm_head.weight"
+_TRACE_VOCAB = 16  # rows of the embedding and output layers while tracing (see _skeleton)
 
 
 def part_quant(quant: str, part: str) -> str:
@@ -70,27 +83,28 @@ def graph_part(name: str) -> str:
 def converted_bytes(shapes: Mapping[str, tuple[int, ...]], quant: str) -> int:
     """The size a conversion's weight files will have, from the checkpoint's tensor
     shapes: matrices at 1 byte (int8) or 4 bits plus an FP32 scale per block (int4),
-    vectors and the convolution front at FP32. The audio encoder's linears export as
-    ``Gemm``, which onnxruntime's 4-bit quantiser does not take: under ``int4`` they
-    stay FP32 (measured: 0.70 GB of encoder files, against 0.18 GB at int8)."""
+    vectors and the convolution front at FP32. The output layer is its own matrix in the
+    decoder graph even where the checkpoint ties it to the embedding table."""
+    shapes = dict(shapes)
+    if _HEAD not in shapes and _EMBED in shapes:
+        shapes[_HEAD] = shapes[_EMBED]
     total = 0.0
     for name, shape in shapes.items():
         count = math.prod(shape)
-        part = graph_part(name)
-        mode = part_quant(quant, part) if len(shape) >= 2 else "none"
-        if mode == "int4" and part == "encoder":
-            mode = "none"
+        mode = part_quant(quant, graph_part(name)) if len(shape) >= 2 else "none"
         total += count * {"none": 4.0, "int8": 1.0, "int4": 0.5 + 4 / INT4_BLOCK}[mode]
     return int(total)
 
 
 def conversion_memory(shapes: Mapping[str, tuple[int, ...]], quant: str) -> int:
-    """Peak memory of converting a checkpoint: about 0.6 GiB of libraries, the model in
-    FP32, and the exported graph's own copy of it; onnxruntime's int8 quantiser holds a
-    further copy. Fitted to the 0.6B model (3.49 GiB in FP32), measured at 7.58 GiB for
-    ``int8-int4`` and ``int4`` and 9.4-10.0 GiB for ``int8``."""
-    fp32 = 4 * sum(math.prod(shape) for shape in shapes.values())
-    return int(0.6 * 1024**3 + (2.7 if quant == "int8" else 2.0) * fp32)
+    """Peak memory of converting a checkpoint: about 0.8 GiB of libraries plus what the
+    TorchScript exporter materialises of the placeholders while it works on the largest
+    graph. Fitted to the 0.6B model (2.91 GiB in FP32 without a separate output layer):
+    measured 1.98-2.21 GiB at ``int8-int4`` and 2.42 GiB at ``none``; the quantisation
+    mode changes it little, as each tensor is quantised on its own."""
+    del quant
+    fp32 = 4 * sum(math.prod(shape) for name, shape in shapes.items() if name != _HEAD)
+    return int(0.8 * 1024**3 + 0.55 * fp32)
 
 
 def _modules(thinker: Any) -> dict[str, Any]:
@@ -152,8 +166,9 @@ def _modules(thinker: Any) -> dict[str, Any]:
             super().__init__()
             self.text = text
             self.register_buffer("inv_freq", rotary.inv_freq.float().clone())
-            # The head as its own (transposed) weight, so quantisers see a plain MatMul.
-            self.register_buffer("head", thinker.lm_head.weight.detach().t().contiguous())
+            # The head as its own (transposed) weight, so it is a plain MatMul by a
+            # constant; its value is read from the checkpoint by ``_sources``.
+            self.register_buffer("head", thinker.lm_head.weight.detach().t())
             self.scaling = float(rotary.attention_scaling)
 
         def forward(
@@ -213,8 +228,9 @@ def _rotate_half(torch: Any, x: Any) -> Any:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-def _export(torch: Any, thinker: Any, part: str, module: Any, target: Path) -> None:
-    """Trace one module to ``target`` (weights in an external ``.data`` file)."""
+def _export(torch: Any, thinker: Any, part: str, module: Any, target: Path) -> Any:
+    """Trace one module of the skeleton into an ONNX graph whose weights are graph
+    inputs named by the module's state dict (filled in afterwards by ``_fill``)."""
     config = thinker.config
     audio = config.audio_config
     text = config.text_config
@@ -267,62 +283,371 @@ def _export(torch: Any, thinker: Any, part: str, module: Any, target: Path) -> N
             dynamic_axes=axes,
             opset_version=OPSET,
             dynamo=False,
-            do_constant_folding=True,
+            export_params=False,  # the placeholders' values are never wanted
+            do_constant_folding=False,  # folding would materialise transposed weights
         )
-    _external(target)
-
-
-def _external(path: Path) -> None:
-    """Rewrite ``path`` with every weight in one ``<name>.data`` file beside it (the
-    exporter may have scattered them over many files; a >2 GB graph needs it anyway)."""
     import onnx
 
-    model = onnx.load(str(path))
-    for stray in path.parent.iterdir():  # the graph's own folder: nothing else lives there
-        if stray != path:
-            stray.unlink()
-    data = path.with_name(path.name + ".data")
-    onnx.save_model(
-        model,
-        str(path),
-        save_as_external_data=True,
-        all_tensors_to_one_file=True,
-        location=data.name,
-        size_threshold=1024,
+    return onnx.load(str(target))
+
+
+def _skeleton(source: Path) -> Any:
+    """The model built from its config with every weight a zero-stride placeholder (one
+    float each, distinct so the exporter cannot merge them) and its computed buffers
+    real: tracing needs shapes, not weights, so no copy of the checkpoint is held."""
+    import torch
+    from qwen_asr.core.transformers_backend import (
+        Qwen3ASRConfig,
+        Qwen3ASRForConditionalGeneration,
     )
 
+    config = Qwen3ASRConfig.from_pretrained(str(source))
+    register = torch.nn.Module.register_parameter
 
-def _quantize(path: Path, mode: str) -> None:
-    """Quantise one graph in place (``mode`` int8 or int4)."""
+    def on_meta(module: Any, name: str, param: Any) -> None:
+        if param is not None:
+            param = torch.nn.Parameter(param.to("meta"), requires_grad=False)
+        register(module, name, param)
+
+    torch.nn.Module.register_parameter = on_meta  # type: ignore[method-assign,assignment]
+    try:
+        model = Qwen3ASRForConditionalGeneration._from_config(
+            config, attn_implementation="eager", dtype=torch.float32
+        )
+    finally:
+        torch.nn.Module.register_parameter = register  # type: ignore[method-assign]
+    thinker = model.thinker
+    vocab_tables = (thinker.model.embed_tokens, thinker.lm_head)
+    count = 0
+    for module in model.modules():
+        for name, param in list(module.named_parameters(recurse=False)):
+            count += 1
+            shape = tuple(param.shape)
+            if module in vocab_tables:  # a zero-stride matrix is copied whole by a
+                shape = (_TRACE_VOCAB, *shape[1:])  # matmul: trace with a short vocabulary
+            value = torch.full((), 1.0 + count / 4096).expand(shape)
+            setattr(module, name, torch.nn.Parameter(value, requires_grad=False))
+    return model.eval()
+
+
+class _Checkpoint:
+    """The checkpoint's tensors by name, each read on request from its safetensors file
+    with plain reads (a memory map would leave every page read in this process's
+    resident memory until the end)."""
+
+    _DTYPES: ClassVar[dict[str, str]] = {
+        "F32": "float32",
+        "F16": "float16",
+        "BF16": "bfloat16",
+        "F64": "float64",
+    }
+
+    def __init__(self, source: Path) -> None:
+        self._where: dict[str, tuple[Path, str, tuple[int, ...], int, int]] = {}
+        for path in sorted(source.glob("*.safetensors")):
+            with path.open("rb") as handle:
+                (size,) = struct.unpack("<Q", handle.read(8))
+                header = json.loads(handle.read(size))
+            for key, entry in header.items():
+                if key != "__metadata__":
+                    start, end = entry["data_offsets"]
+                    self._where[key] = (
+                        path,
+                        entry["dtype"],
+                        tuple(entry["shape"]),
+                        8 + size + start,
+                        end - start,
+                    )
+        if not self._where:
+            raise FileNotFoundError(f"no safetensors weights in {source}")
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._where
+
+    def get(self, key: str) -> Any:
+        import torch
+
+        if key not in self._where:
+            raise KeyError(f"the checkpoint has no tensor {key}")
+        path, dtype, shape, offset, length = self._where[key]
+        if dtype not in self._DTYPES:
+            raise ValueError(f"{key} is stored as {dtype}, not a floating type")
+        buffer = bytearray(length)
+        with path.open("rb") as handle:
+            handle.seek(offset)
+            if handle.readinto(buffer) != length:
+                raise ValueError(f"{path.name} ends inside tensor {key}")
+        if not length:
+            return torch.zeros(shape, dtype=getattr(torch, self._DTYPES[dtype]))
+        flat = torch.frombuffer(buffer, dtype=getattr(torch, self._DTYPES[dtype]))
+        return flat.reshape(shape)
+
+
+def _sources(model: Any, module: Any, checkpoint: _Checkpoint) -> dict[str, Callable[[], Any]]:
+    """For every weight of ``module`` (by its state-dict name, which the exporter gives
+    the graph input), how to get its FP32 value: read from the checkpoint, or the
+    module's own computed buffer. ``head`` is the output layer transposed (the input
+    embedding where the checkpoint ties the two)."""
+    import torch
+
+    names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
+    head = _HEAD if _HEAD in checkpoint else _EMBED  # tied: the embedding table
+
+    def read(key: str, transpose: bool = False) -> Callable[[], Any]:
+        def value() -> Any:
+            tensor = checkpoint.get(key)
+            if transpose:
+                tensor = tensor.t()
+            return tensor.to(torch.float32, memory_format=torch.contiguous_format)
+
+        return value
+
+    sources: dict[str, Callable[[], Any]] = {}
+    for name, tensor in module.state_dict(keep_vars=True).items():
+        if name == "head":
+            sources[name] = read(head, transpose=True)
+        elif id(tensor) in names:
+            sources[name] = read(names[id(tensor)])
+        elif 0 not in tensor.stride() or tensor.numel() <= 1:
+            sources[name] = _computed(tensor)
+    return sources
+
+
+def _computed(tensor: Any) -> Callable[[], Any]:
+    return lambda: tensor.detach().float().contiguous()
+
+
+class _Writer:
+    """Appends tensors to one external-data file and returns their ``TensorProto``s
+    pointing into it (large ones page-aligned, so onnxruntime can map them)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file = path.open("wb")
+
+    def add(self, name: str, array: Any, data_type: int | None = None, dims: Any = None) -> Any:
+        import numpy as np
+        import onnx
+
+        array = np.ascontiguousarray(array)
+        if array.nbytes >= 1 << 16 and self._file.tell() % 4096:
+            self._file.write(b"\0" * (4096 - self._file.tell() % 4096))
+        offset = self._file.tell()
+        self._file.write(array.tobytes())
+        tensor = onnx.TensorProto()
+        tensor.name = name
+        tensor.data_type = data_type or onnx.helper.np_dtype_to_tensor_dtype(array.dtype)
+        tensor.dims.extend(array.shape if dims is None else dims)
+        tensor.data_location = onnx.TensorProto.EXTERNAL
+        for key, value in (
+            ("location", self.path.name),
+            ("offset", str(offset)),
+            ("length", str(array.nbytes)),
+        ):
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, value
+        return tensor
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _int8_columns(weight: Any) -> tuple[Any, Any]:
+    """Symmetric int8 per output column of a ``[K, N]`` matrix: (values, scales)."""
+    import torch
+
+    scale = weight.abs().amax(dim=0).clamp_min(1e-12) / 127
+    values = torch.empty(weight.shape, dtype=torch.int8)
+    for start in range(0, weight.shape[0], 1024):  # bounded temporaries
+        rows = weight[start : start + 1024] / scale
+        values[start : start + 1024] = rows.round_().clamp_(-127, 127).to(torch.int8)
+    return values.numpy(), scale.numpy()
+
+
+def _int4_blocks(weight: Any, offset: int = 0) -> tuple[Any, Any]:
+    """Symmetric 4-bit blocks of ``INT4_BLOCK`` along the last axis of ``[rows, K]``:
+    the scale is the block's value of largest magnitude over -8, so that value maps to
+    -8 exactly. Returns (two values per byte, low nibble first; scales ``[rows, blocks]``).
+    ``offset`` 8 stores them unsigned, as ``MatMulNBits`` reads them without zero points
+    (``GatherBlockQuantized`` reads signed ``INT4``)."""
+    import torch
+
+    rows, width = weight.shape
+    blocks = -(-width // INT4_BLOCK)
+    packed = torch.empty(rows, blocks * INT4_BLOCK // 2, dtype=torch.uint8)
+    scales = torch.empty(rows, blocks, dtype=torch.float32)
+    for start in range(0, rows, 4096):
+        x = weight[start : start + 4096]
+        if width % INT4_BLOCK:  # MatMulNBits pads K with zeros up to whole blocks
+            x = torch.nn.functional.pad(x, (0, blocks * INT4_BLOCK - width))
+        x = x.reshape(-1, blocks, INT4_BLOCK)
+        high, low = x.amax(dim=-1), x.amin(dim=-1)
+        scale = torch.where(high.abs() > low.abs(), high, low) / -8
+        safe = torch.where(scale == 0, torch.ones_like(scale), scale)
+        q = (x / safe.unsqueeze(-1)).round_().clamp_(-8, 7).to(torch.int8).reshape(len(x), -1)
+        nibbles = (q + offset).to(torch.uint8) & 0xF
+        packed[start : start + 4096] = nibbles[:, 0::2] | (nibbles[:, 1::2] << 4)
+        scales[start : start + 4096] = scale
+    return packed.numpy(), scales.numpy()
+
+
+def _fill(model: Any, sources: Mapping[str, Callable[[], Any]], mode: str, data: Path) -> None:
+    """Turn the weight inputs of an exported graph into initializers in ``data``, one
+    tensor at a time, quantising each matrix as it is read: linear layers (``MatMul`` or
+    ``Gemm`` by a constant) become ``DynamicQuantizeMatMul`` (int8, per column) or
+    ``MatMulNBits`` (int4), the embedding table a row-scaled int8 ``Gather`` or a 4-bit
+    ``GatherBlockQuantized``. Transposes of weights are applied here, not in the graph."""
+    from onnx import helper
+
+    graph = model.graph
+    uses: dict[str, list[tuple[Any, int]]] = {}
+    for node in graph.node:
+        for index, name in enumerate(node.input):
+            uses.setdefault(name, []).append((node, index))
+    replaced: dict[int, list[Any]] = {}  # id(node) -> nodes in its place ([] removes it)
+    initializers: list[Any] = []
+    writer = _Writer(data)
+    try:
+        for graph_input in list(graph.input):
+            name = graph_input.name
+            if name not in sources:
+                continue
+            graph.input.remove(graph_input)
+            value = sources[name]()
+            tensor = name
+            consumers = uses.get(name, [])
+            if _is_transpose(consumers) and value.dim() == 2:
+                replaced[id(consumers[0][0])] = []
+                tensor = consumers[0][0].output[0]
+                consumers = uses.get(tensor, [])
+                value = value.t().contiguous()
+            nodes = _quantized(consumers, value, tensor, mode, writer, initializers)
+            if nodes is None:
+                initializers.append(writer.add(tensor, value.numpy()))
+            else:
+                replaced[id(consumers[0][0])] = nodes
+            del value
+    finally:
+        writer.close()
+    kept = []
+    for node in graph.node:
+        kept.extend(replaced.get(id(node), [node]))
+    del graph.node[:]
+    graph.node.extend(kept)
+    graph.initializer.extend(initializers)
+    if any(n.domain == "com.microsoft" for n in kept):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+
+
+def _real_vocab(model: Any, vocab: int) -> None:
+    """Undo the short tracing vocabulary in the graph's declared shapes: the logits get
+    the real width, and the traced intermediate shapes are dropped (onnxruntime infers
+    them again from the real initializers)."""
+    del model.graph.value_info[:]
+    for output in model.graph.output:
+        if output.name == "logits":
+            output.type.tensor_type.shape.dim[-1].dim_value = vocab
+
+
+def _is_transpose(consumers: list[tuple[Any, int]]) -> bool:
+    if len(consumers) != 1 or consumers[0][0].op_type != "Transpose":
+        return False
+    perm = [list(a.ints) for a in consumers[0][0].attribute if a.name == "perm"]
+    return not perm or perm[0] == [1, 0]
+
+
+def _quantized(
+    consumers: list[tuple[Any, int]],
+    value: Any,
+    tensor: str,
+    mode: str,
+    writer: _Writer,
+    initializers: list[Any],
+) -> list[Any] | None:
+    """The nodes replacing the one consumer of weight ``value`` under ``mode``, their
+    tensors written; None where it stays FP32 (``none``, vectors, other uses)."""
     import onnx
+    from onnx import helper
 
-    temporary = path.with_name(path.stem + ".q.onnx")
-    if mode == "int8":
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-
-        quantize_dynamic(
-            str(path),
-            str(temporary),
-            op_types_to_quantize=["MatMul", "Gather"],
-            weight_type=QuantType.QInt8,
-            use_external_data_format=True,
-        )
-    else:
-        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
-        quantizer = MatMulNBitsQuantizer(
-            onnx.load(str(path)),
-            bits=4,
-            block_size=INT4_BLOCK,
-            is_symmetric=True,
-            accuracy_level=4,
-            op_types_to_quantize=("MatMul", "Gather"),
-            quant_axes=(("MatMul", 0), ("Gather", 1)),
-        )
-        quantizer.process()
-        quantizer.model.save_model_to_file(str(temporary), use_external_data_format=True)
-    os.replace(temporary, path)
-    _external(path)
+    if mode == "none" or value.dim() != 2 or len(consumers) != 1:
+        return None
+    node, index = consumers[0]
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    bias = ""
+    if node.op_type == "Gemm" and index == 1:
+        if (
+            attrs.get("transA", 0)
+            or attrs.get("alpha", 1.0) != 1.0
+            or attrs.get("beta", 1.0) != 1.0
+        ):
+            return None
+        if attrs.get("transB", 0):
+            value = value.t().contiguous()
+        bias = node.input[2] if len(node.input) > 2 else ""
+    elif not (node.op_type == "MatMul" and index == 1) and not (
+        node.op_type == "Gather" and index == 0 and attrs.get("axis", 0) == 0
+    ):
+        return None
+    if node.op_type == "Gather":
+        ids = node.input[1]
+        if mode == "int4" and value.shape[1] % INT4_BLOCK == 0:
+            packed, scales = _int4_blocks(value)
+            initializers += [
+                writer.add(f"{tensor}.q4", packed, onnx.TensorProto.INT4, value.shape),
+                writer.add(f"{tensor}.scales", scales),
+            ]
+            return [
+                helper.make_node(
+                    "GatherBlockQuantized",
+                    [f"{tensor}.q4", ids, f"{tensor}.scales"],
+                    list(node.output),
+                    domain="com.microsoft",
+                    gather_axis=0,
+                    quantize_axis=1,
+                    block_size=INT4_BLOCK,
+                    bits=4,
+                )
+            ]
+        values, scales = _int8_columns(value.t())  # one scale per row of the table
+        initializers += [
+            writer.add(f"{tensor}.q8", values.T),
+            writer.add(f"{tensor}.scales", scales.reshape(-1, 1)),
+        ]
+        out = node.output[0]
+        return [
+            helper.make_node("Gather", [f"{tensor}.q8", ids], [f"{out}.q8"]),
+            helper.make_node("Gather", [f"{tensor}.scales", ids], [f"{out}.scale"]),
+            helper.make_node("Cast", [f"{out}.q8"], [f"{out}.f"], to=onnx.TensorProto.FLOAT),
+            helper.make_node("Mul", [f"{out}.f", f"{out}.scale"], [out]),
+        ]
+    inputs = [node.input[0]]
+    k, n = value.shape
+    if mode == "int4":
+        packed, scales = _int4_blocks(value.t(), 8)  # blocks run along K, per column
+        initializers += [
+            writer.add(f"{tensor}.q4", packed.reshape(n, -1, INT4_BLOCK // 2)),
+            writer.add(f"{tensor}.scales", scales),
+        ]
+        inputs += [f"{tensor}.q4", f"{tensor}.scales"] + (["", "", bias] if bias else [])
+        return [
+            helper.make_node(
+                "MatMulNBits",
+                inputs,
+                list(node.output),
+                domain="com.microsoft",
+                K=k,
+                N=n,
+                bits=4,
+                block_size=INT4_BLOCK,
+                accuracy_level=4,
+            )
+        ]
+    values, scales = _int8_columns(value)
+    initializers += [writer.add(f"{tensor}.q8", values), writer.add(f"{tensor}.scales", scales)]
+    inputs += [f"{tensor}.q8", f"{tensor}.scales"] + (["", bias] if bias else [])
+    return [
+        helper.make_node("DynamicQuantizeMatMul", inputs, list(node.output), domain="com.microsoft")
+    ]
 
 
 def sha256(path: Path) -> str:
@@ -363,11 +688,10 @@ def convert(
         raise ValueError(f"unknown quantisation {quant!r}; expected one of {ONNX_QUANT_MODES}")
     say = progress or _LOGGER.info
     import numpy as np
+    import onnx
     import torch
-    from qwen_asr.core.transformers_backend import (
-        Qwen3ASRForConditionalGeneration,
-        Qwen3ASRProcessor,
-    )
+    from qwen_asr.core.transformers_backend import Qwen3ASRProcessor
+    from transformers import GenerationConfig
 
     started = time.monotonic()
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -377,20 +701,29 @@ def convert(
     try:
         say(f"converting {source} to ONNX ({quant}) in {target}")
         processor = Qwen3ASRProcessor.from_pretrained(str(source))
-        model = Qwen3ASRForConditionalGeneration.from_pretrained(
-            str(source), dtype=torch.float32, attn_implementation="eager"
-        )
-        model.eval()
+        model = _skeleton(source)
+        checkpoint = _Checkpoint(source)
         thinker = model.thinker
+        config = thinker.config
         modules = _modules(thinker)
         for part in GRAPHS:
+            mode = part_quant(quant, part)
+            say(f"exporting the {part} graph" + (f" ({mode})" if mode != "none" else ""))
             folder = work / part
             folder.mkdir()
-            say(f"exporting the {part} graph")
-            _export(torch, thinker, part, modules[part], folder / f"{part}.onnx")
-        config = thinker.config
+            path = folder / f"{part}.onnx"
+            graph = _export(torch, thinker, part, modules[part], path)
+            data = path.with_name(path.name + ".data")
+            _fill(graph, _sources(model, modules[part], checkpoint), mode, data)
+            _real_vocab(graph, int(config.text_config.vocab_size))
+            onnx.save_model(graph, str(path))
+            del graph
         audio = config.audio_config
         text = config.text_config
+        try:
+            generation = GenerationConfig.from_pretrained(str(source))
+        except OSError:  # no generation_config.json: the model class's defaults
+            generation = model.generation_config
         meta = {
             "format": FORMAT,
             "source": str(source),
@@ -408,20 +741,12 @@ def convert(
             ),
             "audio_token_id": int(config.audio_token_id),
             "eos_token_ids": _eos_ids(model),
-            "repetition_penalty": float(model.generation_config.repetition_penalty or 1.0),
+            "repetition_penalty": float(generation.repetition_penalty or 1.0),
             "source_name": source_name or source.name,
             "languages": list(getattr(model.config, "support_languages", None) or []),
             "prompt": _prompt_parts(processor),
         }
-        del modules, thinker, model
-        import gc
-
-        gc.collect()
-        for part in GRAPHS:
-            mode = part_quant(quant, part)
-            if mode != "none":
-                say(f"quantising the {part} graph ({mode})")
-                _quantize(work / part / f"{part}.onnx", mode)
+        del modules, thinker, model, checkpoint
         extractor = processor.feature_extractor
         np.save(work / "mel_filters.npy", np.asarray(extractor.mel_filters, dtype=np.float32))
         meta["features"] = {
