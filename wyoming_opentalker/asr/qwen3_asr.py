@@ -359,7 +359,7 @@ class Qwen3AsrEngine(Qwen3AsrPieces):
         if not device.is_cuda:
             _LOGGER.info("Qwen3-ASR on the CPU runs in FP32 (%s)", plan.reason)
             cpu_speed_warning(
-                "Qwen3-ASR on PyTorch", "5.6 s for a 5 s command on 2 cores; ONNX takes 1.4 s"
+                "Qwen3-ASR on PyTorch", "5.6 s for a 5 s command on 2 cores; ONNX takes 1.2 s"
             )
         self.max_batch_size = plan.batch_size
         self._budget = token_budget(self.max_batch_size, settings.qwen_asr_max_new_tokens)
