@@ -100,6 +100,9 @@ class MemoryFix:
 class TensorHeader:
     dtype: str
     shape: tuple[int, ...]
+    file: Path  # where its bytes are: ``length`` bytes from ``offset`` of this file
+    offset: int
+    length: int
 
     @property
     def numel(self) -> int:
@@ -107,7 +110,8 @@ class TensorHeader:
 
 
 def read_headers(folder: Path) -> dict[str, TensorHeader]:
-    """Every tensor's name, dtype and shape from safetensors headers (no weights read)."""
+    """Every tensor's name, dtype, shape and place from safetensors headers (no weights
+    read)."""
     tensors: dict[str, TensorHeader] = {}
     for file in sorted(folder.glob("*.safetensors")):
         with file.open("rb") as handle:
@@ -115,7 +119,10 @@ def read_headers(folder: Path) -> dict[str, TensorHeader]:
             header = json.loads(handle.read(size))
         for key, entry in header.items():
             if key != "__metadata__" and entry.get("dtype") in _SAFETENSORS_BYTES:
-                tensors[key] = TensorHeader(entry["dtype"], tuple(entry["shape"]))
+                start, end = entry["data_offsets"]
+                tensors[key] = TensorHeader(
+                    entry["dtype"], tuple(entry["shape"]), file, 8 + size + start, end - start
+                )
     return tensors
 
 
@@ -233,3 +240,21 @@ def stronger_fixes(setting: str, field: str, what: str, rank: int) -> list[Memor
         MemoryFix(rank + step, f"quantise {what}", {field: mode})
         for step, mode in enumerate(stronger.get(setting, ()))
     ]
+
+
+def free_cpu_memory() -> int | None:
+    """CPU memory a new piece of work can use: available RAM plus free swap, within the
+    container's cgroup limit if it has one; None where ``/proc/meminfo`` is missing."""
+    try:
+        fields = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+        free = (int(fields["MemAvailable"].split()[0]) + int(fields["SwapFree"].split()[0])) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+        if limit != "max":
+            free = min(free, int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return free

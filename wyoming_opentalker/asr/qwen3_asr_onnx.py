@@ -32,7 +32,7 @@ import numpy as np
 from ..device import Device
 from ..engine import AsrResult, EngineError, EngineInfo, LoadPlan
 from ..integrity import Digest, Ledger, move_aside, verified
-from ..memory import MemoryNeed, gib, read_headers
+from ..memory import MemoryNeed, free_cpu_memory, gib, read_headers
 from ..models import ModelError, ledger, opentalker_cache
 from ..settings import Settings
 from .qwen3_asr import (
@@ -141,24 +141,6 @@ def run_conversion(source: Path, target: Path, quant: str) -> None:
         )
 
 
-def free_memory() -> int | None:
-    """Memory a conversion can use: available RAM plus free swap, within the container's
-    cgroup limit if it has one; None where ``/proc/meminfo`` is missing."""
-    try:
-        fields = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
-        free = (int(fields["MemAvailable"].split()[0]) + int(fields["SwapFree"].split()[0])) * 1024
-    except (OSError, KeyError, ValueError):
-        return None
-    try:
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        used = int(Path("/sys/fs/cgroup/memory.current").read_text())
-        if limit != "max":
-            free = min(free, int(limit) - used)
-    except (OSError, ValueError):
-        pass
-    return free
-
-
 def memory_shortfall(need: int, free: int | None, model: str | None) -> str | None:
     """Why a conversion must not start here, in one line, or None. Started anyway it
     would be killed for memory at every start, minutes each, after swapping the box."""
@@ -210,7 +192,7 @@ def locate(settings: Settings, *, again: bool = False) -> Path:
             "convert-qwen3-asr --model ... --output DIR) and set ASR_MODEL to that folder"
         )
     shapes = {n: t.shape for n, t in read_headers(resolved.path).items()}
-    refusal = memory_shortfall(conversion_memory(shapes, quant), free_memory(), spec)
+    refusal = memory_shortfall(conversion_memory(shapes), free_cpu_memory(), spec)
     if refusal:
         raise ModelError(refusal)
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -44,7 +44,6 @@ import logging
 import math
 import os
 import shutil
-import struct
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -96,13 +95,12 @@ def converted_bytes(shapes: Mapping[str, tuple[int, ...]], quant: str) -> int:
     return int(total)
 
 
-def conversion_memory(shapes: Mapping[str, tuple[int, ...]], quant: str) -> int:
+def conversion_memory(shapes: Mapping[str, tuple[int, ...]]) -> int:
     """Peak memory of converting a checkpoint: about 0.8 GiB of libraries plus what the
     TorchScript exporter materialises of the placeholders while it works on the largest
     graph. Fitted to the 0.6B model (2.91 GiB in FP32 without a separate output layer):
     measured 1.98-2.21 GiB at ``int8-int4`` and 2.42 GiB at ``none``; the quantisation
     mode changes it little, as each tensor is quantised on its own."""
-    del quant
     fp32 = 4 * sum(math.prod(shape) for name, shape in shapes.items() if name != _HEAD)
     return int(0.8 * 1024**3 + 0.55 * fp32)
 
@@ -343,44 +341,33 @@ class _Checkpoint:
     }
 
     def __init__(self, source: Path) -> None:
-        self._where: dict[str, tuple[Path, str, tuple[int, ...], int, int]] = {}
-        for path in sorted(source.glob("*.safetensors")):
-            with path.open("rb") as handle:
-                (size,) = struct.unpack("<Q", handle.read(8))
-                header = json.loads(handle.read(size))
-            for key, entry in header.items():
-                if key != "__metadata__":
-                    start, end = entry["data_offsets"]
-                    self._where[key] = (
-                        path,
-                        entry["dtype"],
-                        tuple(entry["shape"]),
-                        8 + size + start,
-                        end - start,
-                    )
-        if not self._where:
+        from ..memory import read_headers
+
+        self._headers = read_headers(source)
+        if not self._headers:
             raise FileNotFoundError(f"no safetensors weights in {source}")
 
     def __contains__(self, key: str) -> bool:
-        return key in self._where
+        return key in self._headers
 
     def get(self, key: str) -> Any:
+        """The tensor as stored (its own dtype)."""
         import torch
 
-        if key not in self._where:
+        if key not in self._headers:
             raise KeyError(f"the checkpoint has no tensor {key}")
-        path, dtype, shape, offset, length = self._where[key]
-        if dtype not in self._DTYPES:
-            raise ValueError(f"{key} is stored as {dtype}, not a floating type")
-        buffer = bytearray(length)
-        with path.open("rb") as handle:
-            handle.seek(offset)
-            if handle.readinto(buffer) != length:
-                raise ValueError(f"{path.name} ends inside tensor {key}")
-        if not length:
-            return torch.zeros(shape, dtype=getattr(torch, self._DTYPES[dtype]))
-        flat = torch.frombuffer(buffer, dtype=getattr(torch, self._DTYPES[dtype]))
-        return flat.reshape(shape)
+        header = self._headers[key]
+        if header.dtype not in self._DTYPES:
+            raise ValueError(f"{key} is stored as {header.dtype}, not a floating type")
+        dtype = getattr(torch, self._DTYPES[header.dtype])
+        if not header.length:
+            return torch.zeros(header.shape, dtype=dtype)
+        buffer = bytearray(header.length)
+        with header.file.open("rb") as handle:
+            handle.seek(header.offset)
+            if handle.readinto(buffer) != header.length:
+                raise ValueError(f"{header.file.name} ends inside tensor {key}")
+        return torch.frombuffer(buffer, dtype=dtype).reshape(header.shape)
 
 
 def _sources(model: Any, module: Any, checkpoint: _Checkpoint) -> dict[str, Callable[[], Any]]:
@@ -394,11 +381,9 @@ def _sources(model: Any, module: Any, checkpoint: _Checkpoint) -> dict[str, Call
     head = _HEAD if _HEAD in checkpoint else _EMBED  # tied: the embedding table
 
     def read(key: str, transpose: bool = False) -> Callable[[], Any]:
-        def value() -> Any:
-            tensor = checkpoint.get(key)
-            if transpose:
-                tensor = tensor.t()
-            return tensor.to(torch.float32, memory_format=torch.contiguous_format)
+        def value() -> Any:  # a transpose stays a view: whoever writes it lays it out once
+            tensor = checkpoint.get(key).to(torch.float32)
+            return tensor.t() if transpose else tensor
 
         return value
 
@@ -520,7 +505,7 @@ def _fill(model: Any, sources: Mapping[str, Callable[[], Any]], mode: str, data:
                 replaced[id(consumers[0][0])] = []
                 tensor = consumers[0][0].output[0]
                 consumers = uses.get(tensor, [])
-                value = value.t().contiguous()
+                value = value.t()
             nodes = _quantized(consumers, value, tensor, mode, writer, initializers)
             if nodes is None:
                 initializers.append(writer.add(tensor, value.numpy()))
@@ -582,7 +567,7 @@ def _quantized(
         ):
             return None
         if attrs.get("transB", 0):
-            value = value.t().contiguous()
+            value = value.t()
         bias = node.input[2] if len(node.input) > 2 else ""
     elif not (node.op_type == "MatMul" and index == 1) and not (
         node.op_type == "Gather" and index == 0 and attrs.get("axis", 0) == 0
